@@ -1,0 +1,1 @@
+//! Tar layers built from a list of changes.

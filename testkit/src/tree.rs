@@ -1,0 +1,1 @@
+//! Trees described declaratively, applied to a directory, read back and compared.
