@@ -1,1 +1,13 @@
-//! placeholder
+//! What the three strata plugins share: serving a unix socket with graceful shutdown, config
+//! and flags, tracing, the error type and its containerd (errdefs) gRPC codes, request
+//! namespaces and leases, containerd's filter language and update field paths.
+
+pub mod cli;
+pub mod error;
+pub mod fieldpath;
+pub mod filter;
+pub mod namespace;
+pub mod serve;
+pub mod telemetry;
+
+pub use error::{Error, Result};

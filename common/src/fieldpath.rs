@@ -1,0 +1,1 @@
+//! Update field paths (filled in by a helper).

@@ -1,0 +1,1 @@
+//! containerd filter language (filled in by a helper).
