@@ -3,6 +3,7 @@
 //! namespaces and leases, containerd's filter language and update field paths.
 
 pub mod cli;
+pub mod client;
 pub mod error;
 pub mod fieldpath;
 pub mod filter;
