@@ -1,1 +1,272 @@
-//! TODO
+//! Configuration shared by the three servers: a TOML file, overridden by command-line flags,
+//! with `--print-config` to show the effective result.
+//!
+//! Each plugin has its own config type holding a [`ServerConfig`] under `[server]` next to its
+//! own tables; [`load`] fills it from the file and then applies [`ServerArgs`].
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::telemetry::LogFormat;
+
+/// Flags every strata server takes.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ServerArgs {
+    /// Unix socket to serve containerd's API on.
+    #[arg(long, value_name = "SOCKET")]
+    pub address: Option<PathBuf>,
+    /// Directory holding this plugin's state.
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// TOML config file; flags override it. Without it, the default path is read if present.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log level or tracing directives (RUST_LOG, when set, wins).
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Log output format.
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Permission bits of the socket, in octal (e.g. 0660).
+    #[arg(long, value_name = "MODE")]
+    pub socket_mode: Option<String>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// The `[server]` table of every plugin's config.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub address: PathBuf,
+    pub root: PathBuf,
+    /// Octal string, because TOML has no octal output and `432` says nothing to a reader.
+    pub socket_mode: String,
+    /// Group owning the socket (e.g. a group containerd's user is in); unchanged when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_gid: Option<u32>,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    /// How long in-flight calls may run after SIGTERM before the server exits anyway.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl ServerConfig {
+    /// Defaults for the server named `name`: `/run/strata/<name>.sock`, `/var/lib/strata/<name>`.
+    pub fn defaults_for(name: &str) -> Self {
+        ServerConfig {
+            address: PathBuf::from(format!("/run/strata/{name}.sock")),
+            root: PathBuf::from(format!("/var/lib/strata/{name}")),
+            socket_mode: "0660".to_string(),
+            socket_gid: None,
+            log_level: "info".to_string(),
+            log_format: LogFormat::Text,
+            shutdown_timeout_secs: 10,
+        }
+    }
+
+    pub fn socket_mode_bits(&self) -> Result<u32, ConfigError> {
+        parse_mode(&self.socket_mode)
+    }
+}
+
+/// A plugin's whole config file.
+pub trait PluginConfig: Serialize + DeserializeOwned {
+    /// Where the config is read from when `--config` is not given.
+    fn default_path() -> PathBuf;
+    fn server(&self) -> &ServerConfig;
+    fn server_mut(&mut self) -> &mut ServerConfig;
+}
+
+/// Implements [`PluginConfig`] for a config struct with a `server: ServerConfig` field, reading
+/// `/etc/strata/<name>.toml` by default.
+#[macro_export]
+macro_rules! plugin_config {
+    ($ty:ty, $name:expr) => {
+        impl $crate::cli::PluginConfig for $ty {
+            fn default_path() -> ::std::path::PathBuf {
+                ::std::path::PathBuf::from(format!("/etc/strata/{}.toml", $name))
+            }
+            fn server(&self) -> &$crate::cli::ServerConfig {
+                &self.server
+            }
+            fn server_mut(&mut self) -> &mut $crate::cli::ServerConfig {
+                &mut self.server
+            }
+        }
+    };
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parse config {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid socket mode {0:?}: want octal permission bits such as 0660")]
+    SocketMode(String),
+    #[error("render config: {0}")]
+    Render(#[from] toml::ser::Error),
+}
+
+fn parse_mode(s: &str) -> Result<u32, ConfigError> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o7777 => Ok(m),
+        _ => Err(ConfigError::SocketMode(s.to_string())),
+    }
+}
+
+/// Reads the config (the file named by `--config`, else the default path if it exists, else
+/// `defaults`) and applies the flags on top.
+pub fn load<C: PluginConfig>(args: &ServerArgs, defaults: C) -> Result<C, ConfigError> {
+    let mut config = match &args.config {
+        Some(path) => read_file(path)?,
+        None => {
+            let path = C::default_path();
+            if path.exists() {
+                read_file(&path)?
+            } else {
+                defaults
+            }
+        }
+    };
+    let server = config.server_mut();
+    if let Some(a) = &args.address {
+        server.address = a.clone();
+    }
+    if let Some(r) = &args.root {
+        server.root = r.clone();
+    }
+    if let Some(l) = &args.log_level {
+        server.log_level = l.clone();
+    }
+    if let Some(f) = args.log_format {
+        server.log_format = f;
+    }
+    if let Some(m) = &args.socket_mode {
+        server.socket_mode = m.clone();
+    }
+    server.socket_mode_bits()?;
+    Ok(config)
+}
+
+fn read_file<C: DeserializeOwned>(path: &Path) -> Result<C, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    })
+}
+
+/// The effective config as TOML, for `--print-config`.
+pub fn render<C: Serialize>(config: &C) -> Result<String, ConfigError> {
+    Ok(toml::to_string_pretty(config)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct TestConfig {
+        server: ServerConfig,
+        #[serde(default)]
+        knob: u32,
+    }
+
+    impl PluginConfig for TestConfig {
+        fn default_path() -> PathBuf {
+            PathBuf::from("/nonexistent/strata-test.toml")
+        }
+        fn server(&self) -> &ServerConfig {
+            &self.server
+        }
+        fn server_mut(&mut self) -> &mut ServerConfig {
+            &mut self.server
+        }
+    }
+
+    fn defaults() -> TestConfig {
+        TestConfig {
+            server: ServerConfig::defaults_for("test"),
+            knob: 1,
+        }
+    }
+
+    #[test]
+    fn defaults_apply_without_a_file() {
+        let c = load(&ServerArgs::default(), defaults()).unwrap();
+        assert_eq!(c.server.address, PathBuf::from("/run/strata/test.sock"));
+        assert_eq!(c.server.root, PathBuf::from("/var/lib/strata/test"));
+        assert_eq!(c.server.socket_mode_bits().unwrap(), 0o660);
+    }
+
+    #[test]
+    fn flags_override_the_file_and_render_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let mut file = defaults();
+        file.server.root = "/srv/from-file".into();
+        file.server.log_level = "warn".into();
+        file.knob = 7;
+        std::fs::write(&path, render(&file).unwrap()).unwrap();
+
+        let args = ServerArgs {
+            config: Some(path),
+            root: Some("/srv/from-flag".into()),
+            socket_mode: Some("0600".into()),
+            ..Default::default()
+        };
+        let c = load(&args, defaults()).unwrap();
+        assert_eq!(c.server.root, PathBuf::from("/srv/from-flag"));
+        assert_eq!(c.server.log_level, "warn");
+        assert_eq!(c.server.socket_mode_bits().unwrap(), 0o600);
+        assert_eq!(c.knob, 7);
+        let again: TestConfig = toml::from_str(&render(&c).unwrap()).unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn bad_input_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[server]\nnope = 1\n").unwrap();
+        let args = ServerArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let err = load(&args, defaults()).unwrap_err().to_string();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+
+        let args = ServerArgs {
+            config: Some(dir.path().join("missing.toml")),
+            ..Default::default()
+        };
+        assert!(matches!(
+            load(&args, defaults()),
+            Err(ConfigError::Read { .. })
+        ));
+
+        let args = ServerArgs {
+            socket_mode: Some("rw-rw----".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            load(&args, defaults()),
+            Err(ConfigError::SocketMode(_))
+        ));
+    }
+}

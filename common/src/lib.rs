@@ -2,6 +2,7 @@
 //! and flags, tracing, the error type and its containerd (errdefs) gRPC codes, request
 //! namespaces and leases, containerd's filter language and update field paths.
 
+pub mod app;
 pub mod cli;
 pub mod client;
 pub mod error;

@@ -1,0 +1,48 @@
+//! strata-differ's config file.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use strata_common::cli::ServerConfig;
+
+/// The name the server goes by: socket `/run/strata/differ.sock`, state
+/// `/var/lib/strata/differ`, config `/etc/strata/differ.toml`.
+pub const NAME: &str = "differ";
+
+/// containerd's own socket: Diff results must be written through containerd's content service
+/// so that containerd's metadata knows the new blob.
+pub const DEFAULT_CONTENT_ADDRESS: &str = "/run/containerd/containerd.sock";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub differ: DifferConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DifferConfig {
+    /// The content service layer blobs are read from and Diff results written to.
+    pub content_address: PathBuf,
+}
+
+impl Default for DifferConfig {
+    fn default() -> Self {
+        DifferConfig {
+            content_address: PathBuf::from(DEFAULT_CONTENT_ADDRESS),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::defaults_for(NAME),
+            differ: DifferConfig::default(),
+        }
+    }
+}
+
+strata_common::plugin_config!(Config, NAME);
