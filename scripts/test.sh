@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite: installs its prerequisites, checks formatting and lints, builds the
+# three servers and runs unit, integration and end-to-end tests (the latter against private
+# containerd 1.7 and 2.x daemons). Run as root: the tests mount filesystems and run containers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+# The end-to-end tests start these binaries; they look for them next to the test executables.
+cargo build --workspace --bins --locked
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
