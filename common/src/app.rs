@@ -30,10 +30,7 @@ where
         return fail(name, &e);
     }
     if let Err(e) = std::fs::create_dir_all(&server.root) {
-        return fail(
-            name,
-            &format!("create root {}: {e}", server.root.display()),
-        );
+        return fail(name, &format!("create root {}: {e}", server.root.display()));
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -254,7 +254,10 @@ mod tests {
         assert_eq!(status.code(), Code::NotFound);
         assert_eq!(status.message(), "snapshot \"k\" does not exist: not found");
         let e = Error::unimplemented("media type \"x\" is not supported");
-        assert_eq!(e.to_string(), "media type \"x\" is not supported: not implemented");
+        assert_eq!(
+            e.to_string(),
+            "media type \"x\" is not supported: not implemented"
+        );
     }
 
     #[test]

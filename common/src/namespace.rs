@@ -136,7 +136,10 @@ mod tests {
         let ctx = RequestContext::from_metadata(&MetadataMap::new()).unwrap();
         let err = ctx.require_namespace().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
-        assert_eq!(err.to_string(), "namespace is required: failed precondition");
+        assert_eq!(
+            err.to_string(),
+            "namespace is required: failed precondition"
+        );
         assert!(ctx.request(()).unwrap().metadata().is_empty());
     }
 

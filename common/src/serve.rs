@@ -154,11 +154,14 @@ impl Listener {
         nix::sys::stat::umask(old_umask);
         let listener = bound.map_err(io_err("bind", path))?;
         if let Some(gid) = gid {
-            std::os::unix::fs::chown(path, None, Some(gid)).map_err(io_err("chown socket", path))?;
+            std::os::unix::fs::chown(path, None, Some(gid))
+                .map_err(io_err("chown socket", path))?;
         }
         fs::set_permissions(path, fs::Permissions::from_mode(mode))
             .map_err(io_err("chmod socket", path))?;
-        let inode = fs::metadata(path).map_err(io_err("stat socket", path))?.ino();
+        let inode = fs::metadata(path)
+            .map_err(io_err("stat socket", path))?
+            .ino();
         info!(path = %path.display(), mode = format!("{mode:o}"), "listening");
         Ok(Listener {
             listener,

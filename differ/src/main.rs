@@ -30,11 +30,7 @@ fn main() -> ExitCode {
     }
     // The Diff service is not served yet: containerd gets Unimplemented from it and moves on
     // to the next differ in its chain.
-    strata_common::app::run(
-        &format!("strata-{NAME}"),
-        &args.server,
-        config,
-        &[],
-        |_| Ok(Box::new(|router| router)),
-    )
+    strata_common::app::run(&format!("strata-{NAME}"), &args.server, config, &[], |_| {
+        Ok(Box::new(|router| router))
+    })
 }

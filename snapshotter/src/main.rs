@@ -22,11 +22,7 @@ fn main() -> ExitCode {
         }
     };
     // The Snapshots service is not served yet: containerd gets Unimplemented from it.
-    strata_common::app::run(
-        &format!("strata-{NAME}"),
-        &args.server,
-        config,
-        &[],
-        |_| Ok(Box::new(|router| router)),
-    )
+    strata_common::app::run(&format!("strata-{NAME}"), &args.server, config, &[], |_| {
+        Ok(Box::new(|router| router))
+    })
 }
