@@ -1,4 +1,16 @@
 //! strata-snapshotter's config file.
+//!
+//! ```toml
+//! [server]
+//! # ... (shared by every strata server)
+//!
+//! [snapshotter]
+//! mode = "overlayfs"        # or "native": full copies and bind mounts, for filesystems
+//!                           # overlayfs cannot use as an upper layer
+//! async_remove = true       # Remove drops metadata only; Cleanup (containerd's GC) frees disk
+//! mount_options = []        # appended to every overlay mount, as containerd's `mount_options`
+//! durability = "full"       # or "process": no fsync per call, see [`Durability`]
+//! ```
 
 use serde::{Deserialize, Serialize};
 use strata_common::cli::ServerConfig;
@@ -11,14 +23,110 @@ pub const NAME: &str = "snapshotter";
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
+    #[serde(default)]
+    pub snapshotter: SnapshotterConfig,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             server: ServerConfig::defaults_for(NAME),
+            snapshotter: SnapshotterConfig::default(),
         }
     }
 }
 
 strata_common::plugin_config!(Config, NAME);
+
+/// How snapshots are stacked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Each snapshot is an overlay upper dir; parents are lower dirs.
+    #[default]
+    Overlayfs,
+    /// Each snapshot is a full copy of its parent, handed out as a bind mount (containerd's
+    /// `native` snapshotter).
+    Native,
+}
+
+/// What an acknowledged call survives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Every acknowledged call survives a power loss: each transaction is fsynced, as
+    /// containerd's bolt database is. containerd's own metadata refers to our snapshots, so
+    /// this is what keeps the two in step.
+    #[default]
+    Full,
+    /// Acknowledged calls survive a crash of the process (SIGKILL, OOM) but the last ones may
+    /// roll back on power loss; no directory is deleted before the removal that freed it is on
+    /// disk. Saves an fsync (an ext4 journal commit) per Prepare, View, Commit and Remove.
+    Process,
+}
+
+/// The `[snapshotter]` table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotterConfig {
+    pub mode: Mode,
+    /// containerd's default: Remove only drops metadata and the directories go in Cleanup,
+    /// which containerd's garbage collector calls. `false` removes them inside Remove.
+    pub async_remove: bool,
+    /// Extra options for overlay mounts (not bind mounts), after the detected ones.
+    pub mount_options: Vec<String>,
+    pub durability: Durability,
+}
+
+impl Default for SnapshotterConfig {
+    fn default() -> Self {
+        SnapshotterConfig {
+            mode: Mode::Overlayfs,
+            async_remove: true,
+            mount_options: Vec::new(),
+            durability: Durability::Full,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_common::cli::{ServerArgs, load};
+
+    const SERVER: &str = "[server]\naddress = \"/a.sock\"\nroot = \"/r\"\nsocket_mode = \"0660\"\nlog_level = \"info\"\nlog_format = \"text\"\nshutdown_timeout_secs = 1\n";
+
+    fn parse(text: &str) -> Result<Config, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let path = dir.path().join("snapshotter.toml");
+        std::fs::write(&path, text).map_err(|e| e.to_string())?;
+        let args = ServerArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        load(&args, Config::default()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_file_without_a_snapshotter_table_gets_the_defaults() {
+        let c = parse(SERVER).unwrap();
+        assert_eq!(c.snapshotter, SnapshotterConfig::default());
+        assert!(c.snapshotter.async_remove);
+        assert_eq!(c.snapshotter.mode, Mode::Overlayfs);
+        assert_eq!(c.snapshotter.durability, Durability::Full);
+    }
+
+    #[test]
+    fn mode_and_options_parse_and_unknown_keys_fail() {
+        let c = parse(&format!(
+            "{SERVER}[snapshotter]\nmode = \"native\"\nasync_remove = false\nmount_options = [\"volatile\"]\ndurability = \"process\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.snapshotter.mode, Mode::Native);
+        assert!(!c.snapshotter.async_remove);
+        assert_eq!(c.snapshotter.mount_options, ["volatile"]);
+        assert_eq!(c.snapshotter.durability, Durability::Process);
+        let err = parse(&format!("{SERVER}[snapshotter]\nmod = \"native\"\n")).unwrap_err();
+        assert!(err.contains("mod"), "{err}");
+    }
+}

@@ -3,6 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use strata_common::cli::{self, ServerArgs};
 use strata_snapshotter::config::{Config, NAME};
+use strata_snapshotter::{SERVICE_NAME, Service, Snapshotter};
 
 /// containerd proxy snapshotter (overlayfs, SQLite metadata).
 #[derive(Parser, Debug)]
@@ -21,8 +22,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // The Snapshots service is not served yet: containerd gets Unimplemented from it.
-    strata_common::app::run(&format!("strata-{NAME}"), &args.server, config, &[], |_| {
-        Ok(Box::new(|router| router))
-    })
+    strata_common::app::run(
+        &format!("strata-{NAME}"),
+        &args.server,
+        config,
+        &[SERVICE_NAME],
+        |cfg| {
+            let snapshotter = Snapshotter::open(&cfg.server.root, cfg.snapshotter.clone())
+                .map_err(|e| e.chain())?;
+            let server = Service::new(snapshotter).into_server();
+            Ok(Box::new(move |router| router.add_service(server)))
+        },
+    )
 }

@@ -1,0 +1,214 @@
+//! A full copy of a snapshot's tree for the `native` mode (containerd's native snapshotter
+//! copies the parent with `continuity/fs.CopyDir`): contents, modes, owners, timestamps,
+//! extended attributes, symlinks, device nodes and fifos, and hardlinks kept as hardlinks.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+/// Copies the contents of `src` into the existing directory `dst` and gives `dst` the
+/// metadata of `src`.
+pub fn copy_dir(src: &Path, dst: &Path) -> io::Result<()> {
+    let mut links: HashMap<(u64, u64), std::path::PathBuf> = HashMap::new();
+    let mut dirs = Vec::new();
+    for entry in walkdir::WalkDir::new(src)
+        .follow_links(false)
+        .same_file_system(true)
+    {
+        let entry = entry.map_err(io::Error::from)?;
+        let rel = entry
+            .path()
+            .strip_prefix(src)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let to = dst.join(rel);
+        let md = entry.path().symlink_metadata()?;
+        let ft = md.file_type();
+        if ft.is_dir() {
+            if !rel.as_os_str().is_empty() {
+                std::fs::create_dir(&to)?;
+            }
+            // Directory metadata last: a read-only dir must stay writable while filled, and
+            // its mtime changes as entries arrive.
+            dirs.push((entry.path().to_path_buf(), to, md));
+            continue;
+        }
+        if md.nlink() > 1 && !ft.is_dir() {
+            if let Some(first) = links.get(&(md.dev(), md.ino())) {
+                std::fs::hard_link(first, &to)?;
+                continue;
+            }
+            links.insert((md.dev(), md.ino()), to.clone());
+        }
+        if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &to)?;
+        } else if ft.is_file() {
+            let mut r = std::fs::File::open(entry.path())?;
+            let mut w = std::fs::File::create(&to)?;
+            io::copy(&mut r, &mut w)?;
+        } else {
+            let c = cpath(&to)?;
+            // SAFETY: mknod on a NUL-terminated path we own.
+            if unsafe { libc::mknod(c.as_ptr(), md.mode(), md.rdev()) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        apply_metadata(entry.path(), &to, &md)?;
+    }
+    for (from, to, md) in dirs.into_iter().rev() {
+        apply_metadata(&from, &to, &md)?;
+    }
+    Ok(())
+}
+
+fn cpath(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+}
+
+fn apply_metadata(from: &Path, to: &Path, md: &std::fs::Metadata) -> io::Result<()> {
+    std::os::unix::fs::lchown(to, Some(md.uid()), Some(md.gid()))?;
+    copy_xattrs(from, to)?;
+    if !md.file_type().is_symlink() {
+        // After chown, which clears set-id bits.
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(md.mode() & 0o7777))?;
+    }
+    let times = [
+        libc::timespec {
+            tv_sec: md.atime(),
+            tv_nsec: md.atime_nsec(),
+        },
+        libc::timespec {
+            tv_sec: md.mtime(),
+            tv_nsec: md.mtime_nsec(),
+        },
+    ];
+    let c = cpath(to)?;
+    // SAFETY: valid path and a two-element timespec array.
+    if unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn copy_xattrs(from: &Path, to: &Path) -> io::Result<()> {
+    let cf = cpath(from)?;
+    let ct = cpath(to)?;
+    // SAFETY: size query with a null buffer.
+    let len = unsafe { libc::llistxattr(cf.as_ptr(), std::ptr::null_mut(), 0) };
+    if len <= 0 {
+        return Ok(());
+    }
+    let mut names = vec![0u8; usize::try_from(len).unwrap_or(0)];
+    // SAFETY: buffer of the size just reported.
+    let len = unsafe { libc::llistxattr(cf.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    if len < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    names.truncate(usize::try_from(len).unwrap_or(0));
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let cn = CString::new(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: size query.
+        let vlen = unsafe { libc::lgetxattr(cf.as_ptr(), cn.as_ptr(), std::ptr::null_mut(), 0) };
+        if vlen < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut value = vec![0u8; usize::try_from(vlen).unwrap_or(0)];
+        // SAFETY: buffer of the size just reported.
+        let vlen = unsafe {
+            libc::lgetxattr(
+                cf.as_ptr(),
+                cn.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        if vlen < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        value.truncate(usize::try_from(vlen).unwrap_or(0));
+        // SAFETY: valid name and value buffer.
+        if unsafe {
+            libc::lsetxattr(
+                ct.as_ptr(),
+                cn.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        } != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileTypeExt;
+
+    #[test]
+    fn copies_everything_containerds_native_copy_keeps() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let dst = dir.path().join("dst");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::create_dir(&dst).unwrap();
+        std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o751)).unwrap();
+        std::fs::create_dir(src.join("ro")).unwrap();
+        std::fs::write(src.join("ro/f"), b"hello").unwrap();
+        std::fs::set_permissions(src.join("ro"), std::fs::Permissions::from_mode(0o555)).unwrap();
+        std::fs::write(src.join("a"), b"data").unwrap();
+        // chown clears set-id bits, so the mode goes on after it.
+        std::os::unix::fs::lchown(src.join("a"), Some(1234), Some(5678)).unwrap();
+        std::fs::set_permissions(src.join("a"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+        std::fs::hard_link(src.join("a"), src.join("b")).unwrap();
+        std::os::unix::fs::symlink("a", src.join("s")).unwrap();
+        nix::unistd::mkfifo(
+            &src.join("p"),
+            nix::sys::stat::Mode::from_bits_truncate(0o640),
+        )
+        .unwrap();
+        let ca = cpath(&src.join("a")).unwrap();
+        let n = CString::new("user.k").unwrap();
+        // SAFETY: test setup with valid buffers.
+        assert_eq!(
+            unsafe { libc::lsetxattr(ca.as_ptr(), n.as_ptr(), b"v".as_ptr().cast(), 1, 0) },
+            0
+        );
+
+        copy_dir(&src, &dst).unwrap();
+
+        let md = |p: &str| std::fs::symlink_metadata(dst.join(p)).unwrap();
+        assert_eq!(md("").mode() & 0o7777, 0o751);
+        assert_eq!(md("ro").mode() & 0o7777, 0o555);
+        assert_eq!(std::fs::read(dst.join("ro/f")).unwrap(), b"hello");
+        assert_eq!(md("a").mode() & 0o7777, 0o4755);
+        assert_eq!((md("a").uid(), md("a").gid()), (1234, 5678));
+        assert_eq!(md("a").ino(), md("b").ino(), "hardlink kept");
+        assert_eq!(std::fs::read_link(dst.join("s")).unwrap(), Path::new("a"));
+        assert!(md("p").file_type().is_fifo());
+        assert_eq!(
+            md("a").mtime(),
+            std::fs::metadata(src.join("a")).unwrap().mtime()
+        );
+        let cd = cpath(&dst.join("a")).unwrap();
+        let mut buf = [0u8; 8];
+        // SAFETY: valid buffers.
+        let l =
+            unsafe { libc::lgetxattr(cd.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        assert_eq!(&buf[..usize::try_from(l).unwrap()], b"v");
+    }
+}

@@ -1,0 +1,780 @@
+//! Snapshot metadata in SQLite: containerd's `core/snapshots/storage` (a bolt database in
+//! containerd) with the same rules and error classes.
+//!
+//! One row per snapshot. Active keys, view keys and committed names share the `name` column,
+//! so they share one namespace. A snapshot refers to its parent by id, which never changes:
+//! committing renames the row in place and keeps its id, so children stay attached and the
+//! snapshot's directory (named by the id) never moves.
+//!
+//! Usage is `NULL` until measured: Commit does not walk the upper dir (see
+//! [`crate::usage`]), a background worker fills it in afterwards.
+//!
+//! Every function here runs inside the caller's transaction; the caller decides where it
+//! begins and ends so directory renames can sit between the row change and the commit.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use strata_common::fieldpath::{UpdateTarget, apply_label_update, validate_labels};
+use strata_common::{Error, Result};
+
+/// containerd's snapshot kinds, with its numbering (`snapshots.Kind` and the proto enum).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    View = 1,
+    Active = 2,
+    Committed = 3,
+}
+
+impl Kind {
+    fn from_i64(v: i64) -> Result<Kind> {
+        match v {
+            1 => Ok(Kind::View),
+            2 => Ok(Kind::Active),
+            3 => Ok(Kind::Committed),
+            other => Err(Error::internal(format!(
+                "metadata holds unknown snapshot kind {other}"
+            ))),
+        }
+    }
+
+    /// The word containerd's filters and `ctr` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::View => "view",
+            Kind::Active => "active",
+            Kind::Committed => "committed",
+        }
+    }
+}
+
+/// A snapshot's metadata as the API reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Info {
+    pub name: String,
+    /// The parent's name, empty for none.
+    pub parent: String,
+    pub kind: Kind,
+    pub created: SystemTime,
+    pub updated: SystemTime,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Disk use: bytes in allocated blocks and distinct inodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub size: i64,
+    pub inodes: i64,
+}
+
+/// What mounts need: the id and the ids of the parent chain, nearest first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub id: u64,
+    pub kind: Kind,
+    pub parent_ids: Vec<u64>,
+}
+
+const SCHEMA_VERSION: i64 = 1;
+
+/// Opens (creating if needed) the database at `path` in WAL mode with the schema in place.
+pub fn open(path: &std::path::Path) -> Result<Connection> {
+    let conn = Connection::open(path).map_err(db(format!("open {}", path.display())))?;
+    // WAL: a crash leaves the last committed transaction, readers never block the writer.
+    // synchronous=FULL: a transaction reported committed survives power loss too, as bolt's
+    // fsync per transaction does for containerd.
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA busy_timeout = 10000;",
+    )
+    .map_err(db("configure database"))?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(db("read schema version"))?;
+    match version {
+        0 => conn
+            .execute_batch(
+                "BEGIN IMMEDIATE;
+                 CREATE TABLE snapshots (
+                     id        INTEGER PRIMARY KEY AUTOINCREMENT,
+                     name      TEXT NOT NULL UNIQUE,
+                     kind      INTEGER NOT NULL,
+                     parent_id INTEGER REFERENCES snapshots(id),
+                     created   INTEGER NOT NULL,
+                     updated   INTEGER NOT NULL,
+                     labels    TEXT NOT NULL,
+                     size      INTEGER,
+                     inodes    INTEGER
+                 );
+                 CREATE INDEX snapshots_parent ON snapshots(parent_id);
+                 PRAGMA user_version = 1;
+                 COMMIT;",
+            )
+            .map_err(db("create schema"))?,
+        SCHEMA_VERSION => {}
+        other => {
+            return Err(Error::failed_precondition(format!(
+                "{} has schema version {other}; this strata-snapshotter knows {SCHEMA_VERSION}",
+                path.display()
+            )));
+        }
+    }
+    Ok(conn)
+}
+
+fn db<S: Into<String>>(what: S) -> impl FnOnce(rusqlite::Error) -> Error {
+    move |e| Error::internal(format!("{}: {e}", what.into())).with_source(e)
+}
+
+fn to_nanos(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn from_nanos(n: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(u64::try_from(n).unwrap_or(0))
+}
+
+fn encode_labels(labels: &BTreeMap<String, String>) -> Result<String> {
+    serde_json::to_string(labels).map_err(|e| Error::internal(format!("encode labels: {e}")))
+}
+
+fn decode_labels(text: &str) -> Result<BTreeMap<String, String>> {
+    serde_json::from_str(text).map_err(|e| Error::internal(format!("decode labels: {e}")))
+}
+
+fn to_id(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn from_id(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+struct Row {
+    id: u64,
+    kind: Kind,
+    parent_id: Option<u64>,
+}
+
+fn row(conn: &Connection, name: &str) -> Result<Option<Row>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT id, kind, parent_id FROM snapshots WHERE name = ?1")
+        .map_err(db("prepare lookup"))?;
+    let found = stmt
+        .query_row([name], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+            ))
+        })
+        .optional()
+        .map_err(db(format!("look up snapshot {name:?}")))?;
+    found
+        .map(|(id, kind, parent)| {
+            Ok(Row {
+                id: to_id(id),
+                kind: Kind::from_i64(kind)?,
+                parent_id: parent.map(to_id),
+            })
+        })
+        .transpose()
+}
+
+fn not_exist(key: &str) -> Error {
+    Error::not_found(format!("snapshot {key:?} does not exist"))
+}
+
+/// The ids from `id` up its parent chain, `id` first.
+fn chain(conn: &Connection, id: u64) -> Result<Vec<u64>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "WITH RECURSIVE chain(id, parent_id, depth) AS (
+                 SELECT id, parent_id, 0 FROM snapshots WHERE id = ?1
+                 UNION ALL
+                 SELECT s.id, s.parent_id, c.depth + 1
+                 FROM snapshots s JOIN chain c ON s.id = c.parent_id
+             )
+             SELECT id FROM chain ORDER BY depth",
+        )
+        .map_err(db("prepare parent chain"))?;
+    let ids = stmt
+        .query_map([from_id(id)], |r| r.get::<_, i64>(0))
+        .map_err(db("read parent chain"))?
+        .map(|r| r.map(to_id))
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(db("read parent chain"))?;
+    Ok(ids)
+}
+
+const INFO_SELECT: &str = "SELECT s.name, COALESCE(p.name, ''), s.kind, s.created, s.updated, \
+     s.labels, s.id, s.size, s.inodes FROM snapshots s LEFT JOIN snapshots p ON p.id = s.parent_id";
+
+type InfoRow = (Info, u64, Option<Usage>);
+
+/// One row of [`INFO_SELECT`], as stored.
+type RawInfo = (
+    String,
+    String,
+    i64,
+    i64,
+    i64,
+    String,
+    i64,
+    Option<i64>,
+    Option<i64>,
+);
+
+fn info_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawInfo> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+    ))
+}
+
+fn build_info(raw: RawInfo) -> Result<InfoRow> {
+    let (name, parent, kind, created, updated, labels, id, size, inodes) = raw;
+    let usage = match (size, inodes) {
+        (Some(size), Some(inodes)) => Some(Usage { size, inodes }),
+        _ => None,
+    };
+    Ok((
+        Info {
+            name,
+            parent,
+            kind: Kind::from_i64(kind)?,
+            created: from_nanos(created),
+            updated: from_nanos(updated),
+            labels: decode_labels(&labels)?,
+        },
+        to_id(id),
+        usage,
+    ))
+}
+
+/// A snapshot's info, id and stored usage (`None` while not measured; always `None`-or-zero
+/// for active snapshots, which are measured on demand).
+pub fn get_info(conn: &Connection, key: &str) -> Result<(Info, u64, Option<Usage>)> {
+    let mut stmt = conn
+        .prepare_cached(&format!("{INFO_SELECT} WHERE s.name = ?1"))
+        .map_err(db("prepare stat"))?;
+    let raw = stmt
+        .query_row([key], info_row)
+        .optional()
+        .map_err(db(format!("stat snapshot {key:?}")))?
+        .ok_or_else(|| not_exist(key))?;
+    build_info(raw)
+}
+
+/// The mountable snapshot `key` (active or view), with its parent chain.
+pub fn get_snapshot(conn: &Connection, key: &str) -> Result<Snapshot> {
+    let row = row(conn, key)?.ok_or_else(|| not_exist(key))?;
+    if row.kind == Kind::Committed {
+        return Err(Error::failed_precondition(format!(
+            "requested snapshot {key:?} not active or view"
+        )));
+    }
+    let parent_ids = match row.parent_id {
+        Some(p) => chain(conn, p)?,
+        None => Vec::new(),
+    };
+    Ok(Snapshot {
+        id: row.id,
+        kind: row.kind,
+        parent_ids,
+    })
+}
+
+/// Inserts an active or view snapshot `key` on the committed `parent` (empty for none).
+pub fn create(
+    conn: &Connection,
+    kind: Kind,
+    key: &str,
+    parent: &str,
+    labels: &BTreeMap<String, String>,
+    now: SystemTime,
+) -> Result<Snapshot> {
+    if kind == Kind::Committed {
+        return Err(Error::invalid_argument(
+            "only snapshots of type active or view can be created",
+        ));
+    }
+    if key.is_empty() {
+        return Err(Error::invalid_argument("snapshot key must not be empty"));
+    }
+    validate_labels(labels).map_err(|e| Error::invalid_argument(e.to_string()))?;
+    let parent_row = if parent.is_empty() {
+        None
+    } else {
+        let p = row(conn, parent)?
+            .ok_or_else(|| Error::not_found(format!("missing parent {parent:?}")))?;
+        if p.kind != Kind::Committed {
+            return Err(Error::invalid_argument(format!(
+                "parent {parent:?} is not committed snapshot"
+            )));
+        }
+        Some(p)
+    };
+    if row(conn, key)?.is_some() {
+        return Err(Error::already_exists(format!("snapshot {key:?}")));
+    }
+    let t = to_nanos(now);
+    let labels = labels
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    conn.prepare_cached(
+        "INSERT INTO snapshots (name, kind, parent_id, created, updated, labels) \
+         VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            key,
+            kind as i64,
+            parent_row.as_ref().map(|p| from_id(p.id)),
+            t,
+            encode_labels(&labels).unwrap_or_else(|_| "{}".into())
+        ])
+    })
+    .map_err(db(format!("insert snapshot {key:?}")))?;
+    let id = to_id(conn.last_insert_rowid());
+    let parent_ids = match &parent_row {
+        Some(p) => chain(conn, p.id)?,
+        None => Vec::new(),
+    };
+    Ok(Snapshot {
+        id,
+        kind,
+        parent_ids,
+    })
+}
+
+/// Turns the active snapshot `key` into the committed snapshot `name`, keeping its id.
+/// Labels are replaced, not inherited; created and updated are reset. A `parent` given here
+/// rebases a snapshot prepared without one (containerd's `rebase` capability).
+pub fn commit(
+    conn: &Connection,
+    key: &str,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    parent: &str,
+    now: SystemTime,
+) -> Result<u64> {
+    if name.is_empty() {
+        return Err(Error::invalid_argument(
+            "committed snapshot name must not be empty",
+        ));
+    }
+    if key.is_empty() {
+        return Err(Error::invalid_argument("snapshot key must not be empty"));
+    }
+    validate_labels(labels).map_err(|e| Error::invalid_argument(e.to_string()))?;
+    // containerd creates the name's bucket first, so an existing name wins over the other
+    // errors.
+    if row(conn, name)?.is_some() {
+        return Err(Error::already_exists(format!(
+            "committed snapshot {name:?}"
+        )));
+    }
+    let active = row(conn, key)?
+        .ok_or_else(|| Error::not_found(format!("failed to get active snapshot {key:?}")))?;
+    if active.kind != Kind::Active {
+        return Err(Error::failed_precondition(format!(
+            "snapshot {key:?} is not active"
+        )));
+    }
+    let mut parent_id = active.parent_id;
+    if !parent.is_empty() {
+        let p = row(conn, parent)?.ok_or_else(|| {
+            Error::not_found(format!("missing parent {parent:?} of snapshot {key:?}"))
+        })?;
+        match active.parent_id {
+            None => parent_id = Some(p.id),
+            Some(current) if current == p.id => {}
+            Some(_) => {
+                return Err(Error::invalid_argument(format!(
+                    "cannot change parent of active snapshot {key:?} on commit"
+                )));
+            }
+        }
+        if p.kind != Kind::Committed {
+            return Err(Error::failed_precondition(format!(
+                "parent {parent:?} is not committed"
+            )));
+        }
+    }
+    let t = to_nanos(now);
+    let labels: BTreeMap<String, String> = labels
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    conn.prepare_cached(
+        "UPDATE snapshots SET name = ?1, kind = ?2, parent_id = ?3, created = ?4, updated = ?4, \
+         labels = ?5, size = NULL, inodes = NULL WHERE id = ?6",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            name,
+            Kind::Committed as i64,
+            parent_id.map(from_id),
+            t,
+            encode_labels(&labels).unwrap_or_else(|_| "{}".into()),
+            from_id(active.id)
+        ])
+    })
+    .map_err(db(format!("commit snapshot {key:?}")))?;
+    Ok(active.id)
+}
+
+/// Deletes `key`'s row; a snapshot that is some other snapshot's parent stays.
+pub fn remove(conn: &Connection, key: &str) -> Result<(u64, Kind)> {
+    if key.is_empty() {
+        return Err(Error::invalid_argument("snapshot key must not be empty"));
+    }
+    let r = row(conn, key)?.ok_or_else(|| Error::not_found(format!("snapshot {key}")))?;
+    let has_child: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM snapshots WHERE parent_id = ?1)")
+        .and_then(|mut s| s.query_row([from_id(r.id)], |row| row.get(0)))
+        .map_err(db("look for children"))?;
+    if has_child {
+        return Err(Error::failed_precondition(format!(
+            "cannot remove snapshot {key:?} with child"
+        )));
+    }
+    conn.prepare_cached("DELETE FROM snapshots WHERE id = ?1")
+        .and_then(|mut s| s.execute([from_id(r.id)]))
+        .map_err(db(format!("remove snapshot {key:?}")))?;
+    Ok((r.id, r.kind))
+}
+
+/// Applies an Update (labels only, containerd's field-path rules) and sets `updated`.
+pub fn update(
+    conn: &Connection,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    paths: &[String],
+    now: SystemTime,
+) -> Result<Info> {
+    if name.is_empty() {
+        return Err(Error::invalid_argument("snapshot name must not be empty"));
+    }
+    let (mut info, id, _) = get_info(conn, name)?;
+    apply_label_update(
+        UpdateTarget::Snapshot(name),
+        &mut info.labels,
+        labels,
+        paths,
+    )
+    .map_err(|e| Error::invalid_argument(e.to_string()))?;
+    info.updated = now;
+    conn.prepare_cached("UPDATE snapshots SET labels = ?1, updated = ?2 WHERE id = ?3")
+        .and_then(|mut s| {
+            s.execute(params![
+                encode_labels(&info.labels).unwrap_or_else(|_| "{}".into()),
+                to_nanos(now),
+                from_id(id)
+            ])
+        })
+        .map_err(db(format!("update snapshot {name:?}")))?;
+    Ok(info)
+}
+
+/// Every snapshot's info, in name order.
+pub fn list(conn: &Connection) -> Result<Vec<Info>> {
+    let mut stmt = conn
+        .prepare_cached(&format!("{INFO_SELECT} ORDER BY s.name"))
+        .map_err(db("prepare list"))?;
+    let raws = stmt
+        .query_map([], info_row)
+        .map_err(db("list snapshots"))?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(db("list snapshots"))?;
+    raws.into_iter()
+        .map(|r| build_info(r).map(|(i, _, _)| i))
+        .collect()
+}
+
+/// Every snapshot id, for telling live directories from orphans.
+pub fn ids(conn: &Connection) -> Result<HashSet<u64>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT id FROM snapshots")
+        .map_err(db("prepare ids"))?;
+    let ids = stmt
+        .query_map([], |r| r.get::<_, i64>(0))
+        .map_err(db("list ids"))?
+        .map(|r| r.map(to_id))
+        .collect::<rusqlite::Result<HashSet<_>>>()
+        .map_err(db("list ids"))?;
+    Ok(ids)
+}
+
+/// Active snapshots (id, kind) and committed ones whose usage is not measured yet.
+pub fn unmeasured_committed(conn: &Connection) -> Result<Vec<u64>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT id FROM snapshots WHERE kind = 3 AND size IS NULL")
+        .map_err(db("prepare unmeasured"))?;
+    let ids = stmt
+        .query_map([], |r| r.get::<_, i64>(0))
+        .map_err(db("list unmeasured"))?
+        .map(|r| r.map(to_id))
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(db("list unmeasured"))?;
+    Ok(ids)
+}
+
+/// Stores the measured usage of committed snapshot `id` (no-op if it is gone or was
+/// re-measured).
+pub fn set_usage(conn: &Connection, id: u64, usage: Usage) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE snapshots SET size = ?1, inodes = ?2 WHERE id = ?3 AND kind = 3 AND size IS NULL",
+    )
+    .and_then(|mut s| s.execute(params![usage.size, usage.inodes, from_id(id)]))
+    .map_err(db("store usage"))?;
+    Ok(())
+}
+
+/// Runs `f` in one write transaction (`BEGIN IMMEDIATE`): committed if `f` succeeds, rolled
+/// back otherwise.
+pub fn write<T>(conn: &mut Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(db("begin transaction"))?;
+    let out = f(&tx)?;
+    tx.commit().map_err(db("commit transaction"))?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_common::error::ErrorKind;
+
+    fn store() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(&dir.path().join("metadata.db")).unwrap();
+        (dir, conn)
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn keys_and_names_share_one_namespace_and_ids_survive_commit() {
+        let (_d, conn) = store();
+        let now = SystemTime::now();
+        let a = create(&conn, Kind::Active, "a", "", &labels(&[]), now).unwrap();
+        let id = commit(&conn, "a", "c", &labels(&[("x", "1")]), "", now).unwrap();
+        assert_eq!(id, a.id);
+        let err = create(&conn, Kind::View, "c", "", &labels(&[]), now).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+        let child = create(&conn, Kind::Active, "b", "c", &labels(&[]), now).unwrap();
+        assert_eq!(child.parent_ids, vec![a.id]);
+        assert_eq!(get_info(&conn, "b").unwrap().0.parent, "c");
+        assert_eq!(
+            get_info(&conn, "c").unwrap().0.labels,
+            labels(&[("x", "1")])
+        );
+        assert_eq!(
+            get_info(&conn, "a").unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+    }
+
+    #[test]
+    fn error_classes_match_containerds_storage() {
+        let (_d, conn) = store();
+        let now = SystemTime::now();
+        let none = labels(&[]);
+        create(&conn, Kind::Active, "a", "", &none, now).unwrap();
+        create(&conn, Kind::View, "v", "", &none, now).unwrap();
+        let kind = |e: Error| e.kind();
+        assert_eq!(
+            kind(create(&conn, Kind::Active, "", "", &none, now).unwrap_err()),
+            ErrorKind::InvalidArgument
+        );
+        assert_eq!(
+            kind(create(&conn, Kind::Active, "x", "missing", &none, now).unwrap_err()),
+            ErrorKind::NotFound
+        );
+        assert_eq!(
+            kind(create(&conn, Kind::Active, "x", "a", &none, now).unwrap_err()),
+            ErrorKind::InvalidArgument
+        );
+        assert_eq!(
+            kind(commit(&conn, "v", "c", &none, "", now).unwrap_err()),
+            ErrorKind::FailedPrecondition
+        );
+        assert_eq!(
+            kind(commit(&conn, "nope", "c", &none, "", now).unwrap_err()),
+            ErrorKind::NotFound
+        );
+        assert_eq!(
+            kind(commit(&conn, "a", "v", &none, "", now).unwrap_err()),
+            ErrorKind::AlreadyExists
+        );
+        assert_eq!(
+            kind(commit(&conn, "a", "", &none, "", now).unwrap_err()),
+            ErrorKind::InvalidArgument
+        );
+        commit(&conn, "a", "c", &none, "", now).unwrap();
+        assert_eq!(
+            kind(get_snapshot(&conn, "c").unwrap_err()),
+            ErrorKind::FailedPrecondition
+        );
+        create(&conn, Kind::Active, "child", "c", &none, now).unwrap();
+        assert_eq!(
+            kind(remove(&conn, "c").unwrap_err()),
+            ErrorKind::FailedPrecondition
+        );
+        assert_eq!(
+            kind(remove(&conn, "gone").unwrap_err()),
+            ErrorKind::NotFound
+        );
+        remove(&conn, "child").unwrap();
+        remove(&conn, "c").unwrap();
+        let big = labels(&[("k", &"v".repeat(5000))]);
+        assert_eq!(
+            kind(create(&conn, Kind::Active, "big", "", &big, now).unwrap_err()),
+            ErrorKind::InvalidArgument
+        );
+    }
+
+    #[test]
+    fn commit_with_parent_rebases_only_a_parentless_snapshot() {
+        let (_d, conn) = store();
+        let now = SystemTime::now();
+        let none = labels(&[]);
+        let base = create(&conn, Kind::Active, "base-a", "", &none, now).unwrap();
+        commit(&conn, "base-a", "base", &none, "", now).unwrap();
+        create(&conn, Kind::Active, "other-a", "", &none, now).unwrap();
+        commit(&conn, "other-a", "other", &none, "", now).unwrap();
+        create(&conn, Kind::Active, "layer", "", &none, now).unwrap();
+        let e = commit(&conn, "layer", "l", &none, "nope", now).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        commit(&conn, "layer", "l", &none, "base", now).unwrap();
+        assert_eq!(get_info(&conn, "l").unwrap().0.parent, "base");
+        create(&conn, Kind::Active, "top", "l", &none, now).unwrap();
+        let s = get_snapshot(&conn, "top").unwrap();
+        assert_eq!(s.parent_ids.len(), 2);
+        assert_eq!(s.parent_ids[1], base.id);
+        // Same parent again is fine; a different one is not.
+        create(&conn, Kind::Active, "x", "base", &none, now).unwrap();
+        assert_eq!(
+            commit(&conn, "x", "xc", &none, "other", now)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::InvalidArgument
+        );
+        commit(&conn, "x", "xc", &none, "base", now).unwrap();
+        // A parent that is not committed.
+        create(&conn, Kind::Active, "y", "", &none, now).unwrap();
+        create(&conn, Kind::Active, "z", "", &none, now).unwrap();
+        assert_eq!(
+            commit(&conn, "y", "yc", &none, "z", now)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::FailedPrecondition
+        );
+    }
+
+    #[test]
+    fn update_changes_labels_and_updated_only() {
+        let (_d, conn) = store();
+        let t0 = SystemTime::now();
+        create(
+            &conn,
+            Kind::Active,
+            "a",
+            "",
+            &labels(&[("a", "1"), ("b", "2")]),
+            t0,
+        )
+        .unwrap();
+        let t1 = t0 + Duration::from_secs(5);
+        let info = update(
+            &conn,
+            "a",
+            &labels(&[("a", "9"), ("c", "3")]),
+            &["labels.a".into(), "labels.b".into()],
+            t1,
+        )
+        .unwrap();
+        assert_eq!(info.labels, labels(&[("a", "9")]));
+        assert_eq!(info.created, from_nanos(to_nanos(t0)));
+        assert_eq!(info.updated, t1);
+        assert_eq!(
+            get_info(&conn, "a").unwrap().0,
+            Info {
+                updated: from_nanos(to_nanos(t1)),
+                ..info
+            }
+        );
+        let e = update(&conn, "a", &labels(&[]), &["parent".into()], t1).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert_eq!(
+            update(&conn, "b", &labels(&[]), &[], t1)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::NotFound
+        );
+    }
+
+    #[test]
+    fn usage_is_stored_once_for_committed_snapshots() {
+        let (_d, conn) = store();
+        let now = SystemTime::now();
+        let none = labels(&[]);
+        let a = create(&conn, Kind::Active, "a", "", &none, now).unwrap();
+        commit(&conn, "a", "c", &none, "", now).unwrap();
+        assert_eq!(unmeasured_committed(&conn).unwrap(), vec![a.id]);
+        assert_eq!(get_info(&conn, "c").unwrap().2, None);
+        set_usage(
+            &conn,
+            a.id,
+            Usage {
+                size: 4096,
+                inodes: 2,
+            },
+        )
+        .unwrap();
+        set_usage(&conn, a.id, Usage { size: 1, inodes: 1 }).unwrap();
+        assert_eq!(
+            get_info(&conn, "c").unwrap().2,
+            Some(Usage {
+                size: 4096,
+                inodes: 2
+            })
+        );
+        assert!(unmeasured_committed(&conn).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_failed_transaction_leaves_nothing() {
+        let (_d, mut conn) = store();
+        let now = SystemTime::now();
+        let r: Result<()> = write(&mut conn, |tx| {
+            create(tx, Kind::Active, "a", "", &labels(&[]), now)?;
+            Err(Error::internal("boom"))
+        });
+        assert!(r.is_err());
+        assert!(ids(&conn).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,611 @@
+//! The snapshotter: containerd's `snapshots.Snapshotter` over [`crate::metadata`] and
+//! [`crate::layout`], in overlayfs or native mode.
+//!
+//! Every method blocks (SQLite, file system): the gRPC adaptor calls them on blocking threads.
+//!
+//! Crash safety: a method's metadata change is one SQLite transaction. A new snapshot's
+//! directory is built under a temporary name and renamed to its id inside the transaction
+//! that inserts its row, just before the commit; a crash before the commit leaves a directory
+//! without a row, which start-up deletes. Removal deletes the row first and the directory
+//! after (at once, or in Cleanup when removal is asynchronous), so a crash in between leaves
+//! only an orphan directory, never a row without its directory.
+
+use std::collections::{BTreeMap, HashSet};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak, mpsc};
+use std::time::SystemTime;
+
+use rusqlite::Connection;
+use strata_common::filter::{FieldMap, Filter};
+use strata_common::{Error, Result};
+use tracing::{debug, warn};
+
+use crate::config::{Durability, Mode, SnapshotterConfig};
+use crate::layout::{self, Layout};
+use crate::metadata::{self, Info, Kind, Snapshot, Usage};
+use crate::mounts::{self, Mount};
+use crate::probe::Features;
+use crate::usage::disk_usage;
+
+/// A snapshotter rooted at one directory. Cheap to clone; clones share state.
+#[derive(Clone)]
+pub struct Snapshotter {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    layout: Layout,
+    config: SnapshotterConfig,
+    /// Options for overlay mounts: detected ones, then configured ones.
+    overlay_options: Vec<String>,
+    db: Mutex<Connection>,
+    /// A second connection for calls that only read: under WAL they see the last committed
+    /// state without waiting for a writer's fsync.
+    reader: Mutex<Connection>,
+    /// Where measured usage is stored, without an fsync per write: a figure lost in a crash
+    /// is measured again at start-up, and the metadata writers never queue behind it.
+    usage_db: Mutex<Connection>,
+    temp_seq: AtomicU64,
+    /// Temporary directories being built right now, which Cleanup must not take for orphans.
+    building: Mutex<HashSet<String>>,
+    measure: Mutex<mpsc::Sender<u64>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave SQLite half-written (the transaction
+    // rolls back when dropped), so the data is still good.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn mkdir(path: &Path, mode: u32) -> Result<()> {
+    // Internal, whatever the OS said: an AlreadyExists or NotFound here is about our own
+    // directories, and containerd would take those codes as statements about the snapshot.
+    std::fs::DirBuilder::new()
+        .mode(mode)
+        .create(path)
+        .map_err(|e| Error::internal(format!("create {}: {e}", path.display())).with_source(e))
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    // The umask may have narrowed what mkdir gave.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io(format!("chmod {}", path.display()), e))
+}
+
+impl Snapshotter {
+    /// Opens the snapshotter at `root`, probing the kernel's overlayfs (overlayfs mode).
+    pub fn open(root: &Path, config: SnapshotterConfig) -> Result<Snapshotter> {
+        std::fs::create_dir_all(root)
+            .map_err(|e| Error::io(format!("create {}", root.display()), e))?;
+        let features = match config.mode {
+            Mode::Overlayfs => Features::detect(root)?,
+            Mode::Native => Features::default(),
+        };
+        Snapshotter::open_with(root, config, features)
+    }
+
+    /// Opens the snapshotter at `root` with the given kernel features. Deletes orphan
+    /// directories left by a crash and queues unmeasured committed snapshots for measuring.
+    pub fn open_with(
+        root: &Path,
+        config: SnapshotterConfig,
+        features: Features,
+    ) -> Result<Snapshotter> {
+        let layout = Layout::new(root);
+        std::fs::create_dir_all(root)
+            .map_err(|e| Error::io(format!("create {}", root.display()), e))?;
+        let snapshots = layout.snapshots_dir();
+        if !snapshots.exists() {
+            mkdir(&snapshots, 0o700)?;
+        }
+        let conn = metadata::open(&layout.metadata_db())?;
+        if config.durability == Durability::Process {
+            conn.execute_batch("PRAGMA synchronous = NORMAL")
+                .map_err(|e| Error::internal(format!("configure metadata connection: {e}")))?;
+        }
+        let reader = metadata::open(&layout.metadata_db())?;
+        let usage_db = metadata::open(&layout.metadata_db())?;
+        usage_db
+            .execute_batch("PRAGMA synchronous = NORMAL")
+            .map_err(|e| Error::internal(format!("configure usage connection: {e}")))?;
+        let (tx, rx) = mpsc::channel();
+        let overlay_options = match config.mode {
+            Mode::Overlayfs => features.options(&config.mount_options),
+            Mode::Native => Vec::new(),
+        };
+        let inner = Arc::new(Inner {
+            layout,
+            config,
+            overlay_options,
+            db: Mutex::new(conn),
+            reader: Mutex::new(reader),
+            usage_db: Mutex::new(usage_db),
+            temp_seq: AtomicU64::new(0),
+            building: Mutex::new(HashSet::new()),
+            measure: Mutex::new(tx),
+        });
+        let s = Snapshotter { inner };
+        let reaped = s.cleanup()?;
+        if reaped > 0 {
+            warn!(
+                reaped,
+                "removed orphan snapshot directories left by an earlier run"
+            );
+        }
+        let pending = metadata::unmeasured_committed(&lock(&s.inner.db))?;
+        let weak = Arc::downgrade(&s.inner);
+        std::thread::Builder::new()
+            .name("strata-usage".into())
+            .spawn(move || measure_worker(weak, rx))
+            .map_err(|e| Error::io("start usage worker", e))?;
+        for id in pending {
+            s.queue_measure(id);
+        }
+        Ok(s)
+    }
+
+    pub fn root(&self) -> &Path {
+        self.inner.layout.root()
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.inner.layout
+    }
+
+    /// The options overlay mounts carry (detected, then configured).
+    pub fn overlay_options(&self) -> &[String] {
+        &self.inner.overlay_options
+    }
+
+    fn queue_measure(&self, id: u64) {
+        // The worker only stops when the snapshotter is gone; then nobody needs the figure.
+        let _ = lock(&self.inner.measure).send(id);
+    }
+
+    fn mounts_for(&self, s: &Snapshot) -> Vec<Mount> {
+        match self.inner.config.mode {
+            Mode::Overlayfs => {
+                mounts::overlay_mounts(&self.inner.layout, s, &self.inner.overlay_options)
+            }
+            Mode::Native => mounts::native_mounts(&self.inner.layout, s),
+        }
+    }
+
+    /// An active snapshot `key` on `parent` (empty for none); returns its mounts.
+    pub fn prepare(
+        &self,
+        key: &str,
+        parent: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Vec<Mount>> {
+        self.create(Kind::Active, key, parent, labels)
+    }
+
+    /// A read-only view `key` of `parent`; returns its mounts.
+    pub fn view(
+        &self,
+        key: &str,
+        parent: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Vec<Mount>> {
+        self.create(Kind::View, key, parent, labels)
+    }
+
+    fn create(
+        &self,
+        kind: Kind,
+        key: &str,
+        parent: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Vec<Mount>> {
+        if key.is_empty() {
+            return Err(Error::invalid_argument("snapshot key must not be empty"));
+        }
+        let n = self.inner.temp_seq.fetch_add(1, Ordering::Relaxed);
+        let temp = self.inner.layout.temp_dir(n);
+        let temp_name = Layout::temp_name(n);
+        lock(&self.inner.building).insert(temp_name.clone());
+        let result = self.create_in(kind, key, parent, labels, &temp);
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&temp);
+        }
+        lock(&self.inner.building).remove(&temp_name);
+        result.map(|s| self.mounts_for(&s))
+    }
+
+    fn create_in(
+        &self,
+        kind: Kind,
+        key: &str,
+        parent: &str,
+        labels: &BTreeMap<String, String>,
+        temp: &Path,
+    ) -> Result<Snapshot> {
+        let layout = &self.inner.layout;
+        let native = self.inner.config.mode == Mode::Native;
+        mkdir(temp, 0o700)?;
+        let fs = temp.join("fs");
+        mkdir(&fs, 0o755)?;
+        set_mode(&fs, 0o755)?;
+        if kind == Kind::Active && !native {
+            mkdir(&temp.join("work"), 0o711)?;
+        }
+        // The copy can take long: do it before taking the metadata lock, and check in the
+        // transaction that the parent is still the one copied.
+        let copied_from = if native && !parent.is_empty() {
+            let (info, id, _) = metadata::get_info(&lock(&self.inner.reader), parent)?;
+            if info.kind == Kind::Committed {
+                crate::copy::copy_dir(&layout.fs(id), &fs)
+                    .map_err(|e| Error::io(format!("copy parent {parent:?}"), e))?;
+            }
+            Some(id)
+        } else {
+            None
+        };
+        let mut conn = lock(&self.inner.db);
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| Error::internal(format!("begin transaction: {e}")))?;
+        let s = metadata::create(&tx, kind, key, parent, labels, SystemTime::now())?;
+        if let (Some(copied), Some(first)) = (copied_from, s.parent_ids.first())
+            && copied != *first
+        {
+            return Err(Error::aborted(format!(
+                "parent {parent:?} changed while copying it"
+            )));
+        }
+        if !native && let Some(first) = s.parent_ids.first() {
+            // As containerd: the new upper dir's root belongs to whoever owns the parent's
+            // root, so a non-root image's top directory keeps its owner.
+            let md = std::fs::metadata(layout.fs(*first))
+                .map_err(|e| Error::io(format!("stat parent {parent:?}"), e))?;
+            std::os::unix::fs::lchown(&fs, Some(md.uid()), Some(md.gid()))
+                .map_err(|e| Error::io("chown snapshot root", e))?;
+        }
+        let dir = layout.snapshot_dir(s.id);
+        std::fs::rename(temp, &dir)
+            .map_err(|e| Error::io(format!("rename {} into place", temp.display()), e))?;
+        if let Err(e) = tx.commit() {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(Error::internal(format!("commit transaction: {e}")));
+        }
+        Ok(s)
+    }
+
+    /// The mounts of the active or view snapshot `key`.
+    pub fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
+        if key.is_empty() {
+            return Err(Error::invalid_argument("snapshot key must not be empty"));
+        }
+        let s = metadata::get_snapshot(&lock(&self.inner.reader), key)?;
+        Ok(self.mounts_for(&s))
+    }
+
+    /// Commits the active snapshot `key` as `name`. `parent`, when not empty, rebases a
+    /// snapshot prepared without a parent onto `parent`. Does not measure the snapshot (see
+    /// [`crate::usage`]): its latency does not depend on the layer's size.
+    pub fn commit(
+        &self,
+        name: &str,
+        key: &str,
+        labels: &BTreeMap<String, String>,
+        parent: &str,
+    ) -> Result<()> {
+        let id = {
+            let mut conn = lock(&self.inner.db);
+            metadata::write(&mut conn, |tx| {
+                metadata::commit(tx, key, name, labels, parent, SystemTime::now())
+            })?
+        };
+        self.queue_measure(id);
+        Ok(())
+    }
+
+    /// Removes `key`; its directory goes now or in the next Cleanup (`async_remove`).
+    pub fn remove(&self, key: &str) -> Result<()> {
+        let (id, _) = {
+            let mut conn = lock(&self.inner.db);
+            metadata::write(&mut conn, |tx| metadata::remove(tx, key))?
+        };
+        if !self.inner.config.async_remove {
+            self.make_durable(&lock(&self.inner.db))?;
+            let dir = self.inner.layout.snapshot_dir(id);
+            // The snapshot is gone either way; a directory left behind is Cleanup's.
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                warn!(path = %dir.display(), error = %e, "failed to remove snapshot directory");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn stat(&self, key: &str) -> Result<Info> {
+        if key.is_empty() {
+            return Err(Error::invalid_argument("snapshot key must not be empty"));
+        }
+        Ok(metadata::get_info(&lock(&self.inner.reader), key)?.0)
+    }
+
+    /// Updates labels (containerd's field paths `labels`, `labels.<key>`; none means all).
+    pub fn update(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        paths: &[String],
+    ) -> Result<Info> {
+        let mut conn = lock(&self.inner.db);
+        metadata::write(&mut conn, |tx| {
+            metadata::update(tx, name, labels, paths, SystemTime::now())
+        })
+    }
+
+    /// Measured now for an active snapshot; the stored figure for a committed one (measured
+    /// now if the background worker has not got to it yet).
+    pub fn usage(&self, key: &str) -> Result<Usage> {
+        if key.is_empty() {
+            return Err(Error::invalid_argument("snapshot key must not be empty"));
+        }
+        let (info, id, stored) = metadata::get_info(&lock(&self.inner.reader), key)?;
+        match (info.kind, stored) {
+            (Kind::Active, _) => disk_usage(&self.inner.layout.fs(id)),
+            (Kind::Committed, None) => {
+                let u = disk_usage(&self.inner.layout.fs(id))?;
+                store_usage(&self.inner, id, u)?;
+                Ok(u)
+            }
+            (_, stored) => Ok(stored.unwrap_or_default()),
+        }
+    }
+
+    /// The snapshots matching `filters` (containerd's filter language; any of the strings may
+    /// match), in name order.
+    pub fn list(&self, filters: &[String]) -> Result<Vec<Info>> {
+        let filter =
+            Filter::parse_all(filters).map_err(|e| Error::invalid_argument(e.to_string()))?;
+        let all = metadata::list(&lock(&self.inner.reader))?;
+        Ok(all
+            .into_iter()
+            .filter(|i| {
+                let fields = FieldMap::new()
+                    .with_field("name", &i.name)
+                    .with_field("parent", &i.parent)
+                    .with_field("kind", i.kind.as_str())
+                    .with_labels(&i.labels);
+                filter.matches(&fields)
+            })
+            .collect())
+    }
+
+    /// Makes every committed transaction durable before directories they freed are deleted
+    /// (only needed when transactions are not fsynced one by one).
+    fn make_durable(&self, conn: &Connection) -> Result<()> {
+        if self.inner.config.durability == Durability::Process {
+            // A checkpoint syncs the WAL first, whatever `synchronous` says.
+            conn.execute_batch("PRAGMA wal_checkpoint(FULL)")
+                .map_err(|e| Error::internal(format!("checkpoint metadata: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every directory under `snapshots/` that no snapshot owns (removed snapshots
+    /// when removal is asynchronous, leftovers of crashes); returns how many.
+    pub fn cleanup(&self) -> Result<usize> {
+        let snapshots = self.inner.layout.snapshots_dir();
+        let orphans: Vec<PathBuf> = {
+            // Under the metadata lock no directory is renamed in or out, so the listing and
+            // the ids agree.
+            let conn = lock(&self.inner.db);
+            self.make_durable(&conn)?;
+            let ids = metadata::ids(&conn)?;
+            let building = lock(&self.inner.building);
+            let entries = std::fs::read_dir(&snapshots)
+                .map_err(|e| Error::io(format!("read {}", snapshots.display()), e))?;
+            let mut out = Vec::new();
+            for entry in entries {
+                let entry =
+                    entry.map_err(|e| Error::io(format!("read {}", snapshots.display()), e))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let owned = layout::parse_id(&name).is_some_and(|id| ids.contains(&id));
+                if !owned && !building.contains(&name) {
+                    out.push(entry.path());
+                }
+            }
+            out
+        };
+        let mut removed = 0;
+        for dir in orphans {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    warn!(path = %dir.display(), error = %e, "failed to remove orphan directory")
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Stores a measured usage. Holding the writer's lock meanwhile keeps the two connections from
+/// meeting on SQLite's file lock, whose busy handler would sleep for milliseconds.
+fn store_usage(inner: &Inner, id: u64, u: Usage) -> Result<()> {
+    let _writer = lock(&inner.db);
+    metadata::set_usage(&lock(&inner.usage_db), id, u)
+}
+
+fn measure_worker(inner: Weak<Inner>, rx: mpsc::Receiver<u64>) {
+    while let Ok(id) = rx.recv() {
+        let Some(inner) = inner.upgrade() else { return };
+        match disk_usage(&inner.layout.fs(id)) {
+            Ok(u) => {
+                if let Err(e) = store_usage(&inner, id, u) {
+                    warn!(id, error = %e, "failed to store snapshot usage");
+                }
+            }
+            // Removed before we got to it.
+            Err(e) => debug!(id, error = %e, "snapshot not measured"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_common::error::ErrorKind;
+
+    fn open(async_remove: bool) -> (tempfile::TempDir, Snapshotter) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SnapshotterConfig {
+            async_remove,
+            ..Default::default()
+        };
+        let s = Snapshotter::open_with(
+            dir.path(),
+            cfg,
+            Features {
+                index: true,
+                userxattr: false,
+            },
+        )
+        .unwrap();
+        (dir, s)
+    }
+
+    fn none() -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+
+    fn entries(s: &Snapshotter) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(s.layout().snapshots_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn directories_follow_rows_and_async_remove_waits_for_cleanup() {
+        let (_d, s) = open(true);
+        s.prepare("a", "", &none()).unwrap();
+        assert_eq!(entries(&s), ["1"]);
+        assert!(s.layout().work(1).is_dir());
+        s.remove("a").unwrap();
+        assert_eq!(entries(&s), ["1"], "async: directory stays until Cleanup");
+        assert_eq!(s.cleanup().unwrap(), 1);
+        assert!(entries(&s).is_empty());
+    }
+
+    #[test]
+    fn sync_remove_deletes_at_once() {
+        let (_d, s) = open(false);
+        s.view("v", "", &none()).unwrap();
+        assert!(!s.layout().work(1).exists(), "views have no work dir");
+        s.remove("v").unwrap();
+        assert!(entries(&s).is_empty());
+    }
+
+    #[test]
+    fn process_durability_checkpoints_before_deleting_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SnapshotterConfig {
+            async_remove: false,
+            durability: Durability::Process,
+            ..Default::default()
+        };
+        let s = Snapshotter::open_with(dir.path(), cfg, Features::default()).unwrap();
+        let sync: i64 = lock(&s.inner.db)
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 1, "NORMAL");
+        s.prepare("a", "", &none()).unwrap();
+        s.remove("a").unwrap();
+        assert!(entries(&s).is_empty());
+        // The checkpoint emptied the WAL into the database file.
+        let wal = dir.path().join("metadata.db-wal");
+        let frames: (i64, i64, i64) = lock(&s.inner.db)
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!(
+            frames.1, frames.2,
+            "every WAL frame is checkpointed ({wal:?})"
+        );
+    }
+
+    #[test]
+    fn a_failed_create_leaves_no_directory() {
+        let (_d, s) = open(true);
+        s.prepare("a", "", &none()).unwrap();
+        assert_eq!(
+            s.prepare("a", "", &none()).unwrap_err().kind(),
+            ErrorKind::AlreadyExists
+        );
+        assert_eq!(
+            s.prepare("b", "missing", &none()).unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+        assert_eq!(entries(&s), ["1"]);
+    }
+
+    #[test]
+    fn restart_reaps_orphans_and_measures_what_was_left_unmeasured() {
+        let dir = tempfile::tempdir().unwrap();
+        let features = Features::default();
+        {
+            let s =
+                Snapshotter::open_with(dir.path(), SnapshotterConfig::default(), features).unwrap();
+            s.prepare("a", "", &none()).unwrap();
+            std::fs::write(s.layout().fs(1).join("f"), vec![1u8; 9000]).unwrap();
+            s.commit("c", "a", &none(), "").unwrap();
+            // What a crash leaves: a half-built temp dir and a dir whose row never committed.
+            std::fs::create_dir_all(s.layout().temp_dir(7).join("fs")).unwrap();
+            std::fs::create_dir_all(s.layout().snapshot_dir(99).join("fs")).unwrap();
+            // Undo any measurement so the restart has to do it.
+            lock(&s.inner.db)
+                .execute("UPDATE snapshots SET size = NULL, inodes = NULL", [])
+                .unwrap();
+        }
+        let s = Snapshotter::open_with(dir.path(), SnapshotterConfig::default(), features).unwrap();
+        assert_eq!(entries(&s), ["1"]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if metadata::get_info(&lock(&s.inner.db), "c")
+                .unwrap()
+                .2
+                .is_some()
+            {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "worker never measured c"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(s.usage("c").unwrap().size >= 9000);
+    }
+
+    #[test]
+    fn native_mode_copies_the_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SnapshotterConfig {
+            mode: Mode::Native,
+            ..Default::default()
+        };
+        let s = Snapshotter::open(dir.path(), cfg).unwrap();
+        s.prepare("a", "", &none()).unwrap();
+        std::fs::write(s.layout().fs(1).join("f"), b"one").unwrap();
+        s.commit("c", "a", &none(), "").unwrap();
+        let m = s.prepare("b", "c", &none()).unwrap();
+        assert_eq!(m[0].kind, "bind");
+        assert_eq!(m[0].source, s.layout().fs(2).to_string_lossy());
+        assert_eq!(std::fs::read(s.layout().fs(2).join("f")).unwrap(), b"one");
+        let v = s.view("v", "c", &none()).unwrap();
+        assert_eq!(v[0].options, ["ro", "rbind"]);
+        assert_eq!(std::fs::read(s.layout().fs(3).join("f")).unwrap(), b"one");
+    }
+}
