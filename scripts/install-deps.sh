@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 
 packages=(
   runc busybox-static zstd   # containers and fixtures in the end-to-end tests
+  docker-registry            # a local registry on 127.0.0.1 for pull/push tests
   e2fsprogs util-linux       # loop-mounted ext4 for benchmarks, mount/umount
   systemd                    # systemd-socket-activate in the server lifecycle tests
   ca-certificates gcc make pkg-config  # -sys crates build C code

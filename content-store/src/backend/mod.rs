@@ -1,0 +1,57 @@
+//! Where committed blobs live. Ingests are always local files (they must be appendable and
+//! resumable); a backend only takes a finished, fsynced ingest file and serves it back, so
+//! the same contract fits local disk (rename) and object storage (upload, ranged GET).
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use strata_common::Result;
+
+use crate::digest::Digest;
+
+pub mod local;
+
+pub use local::LocalBackend;
+
+/// What a backend knows about a stored blob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobStat {
+    pub digest: Digest,
+    pub size: u64,
+    /// When the blob was stored: the fallback creation time for a blob whose metadata row was
+    /// lost (a crash between storing the blob and recording it).
+    pub modified: SystemTime,
+}
+
+/// An open blob. Positional reads so one handle could serve concurrent ranges; a remote
+/// backend maps `read_at` to a ranged request.
+pub trait BlobReader: Send + Sync {
+    fn size(&self) -> u64;
+    /// Reads at most `buf.len()` bytes at `offset`; 0 only at or past the end.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize>;
+}
+
+/// Blob storage. All methods block; callers run them on blocking threads.
+pub trait BlobBackend: Send + Sync + 'static {
+    /// The blob's size and store time, or `None` when it is absent.
+    fn stat(&self, digest: &Digest) -> Result<Option<BlobStat>>;
+
+    /// Opens the blob for reading; NotFound when it is absent.
+    fn open(&self, digest: &Digest) -> Result<Box<dyn BlobReader>>;
+
+    /// Stores the complete, already verified and fsynced file `data` as `digest`, atomically:
+    /// readers see either no blob or all of it, also after a crash. AlreadyExists (leaving
+    /// `data` alone) when the blob is already stored; on success `data` may be consumed.
+    fn put(&self, digest: &Digest, data: &Path) -> Result<()>;
+
+    /// Removes the blob; NotFound when it is absent.
+    fn delete(&self, digest: &Digest) -> Result<()>;
+
+    /// Calls `each` for every stored blob, in no particular order; stops at its first error.
+    fn list(&self, each: &mut dyn FnMut(BlobStat) -> Result<()>) -> Result<()>;
+}
+
+/// The error for an absent blob, in containerd's wording (`content <digest>: not found`).
+pub fn blob_not_found(digest: &Digest) -> strata_common::Error {
+    strata_common::Error::not_found(format!("content {digest}"))
+}

@@ -1,0 +1,132 @@
+//! The running sha256 of an ingest. containerd forwards a Write stream one message at a time,
+//! waiting for each answer, so hashing a large message inline puts sha256 on that critical
+//! path; once a writer sends large messages, hashing moves to a thread of its own and runs
+//! while the next message is on its way. Small writes (manifests, configs) stay inline.
+
+use std::sync::mpsc::{self, Receiver, SyncSender};
+
+use bytes::Bytes;
+use sha2::{Digest as _, Sha256};
+use strata_common::{Error, Result};
+
+/// Messages at least this large move hashing off the writing thread.
+pub const BACKGROUND_MIN: usize = 256 << 10;
+/// Messages queued for the hashing thread before the writer waits: bounds memory per ingest.
+const QUEUE: usize = 4;
+
+enum Msg {
+    Data(Bytes),
+    Snapshot(SyncSender<Sha256>),
+}
+
+enum State {
+    Inline(Sha256),
+    Background(SyncSender<Msg>),
+}
+
+pub struct RunningHash {
+    state: State,
+}
+
+fn run(mut hash: Sha256, rx: Receiver<Msg>) {
+    for msg in rx {
+        match msg {
+            Msg::Data(b) => hash.update(&b),
+            Msg::Snapshot(reply) => {
+                let _ = reply.send(hash.clone());
+            }
+        }
+    }
+}
+
+fn gone() -> Error {
+    Error::internal("ingest hashing thread stopped")
+}
+
+impl RunningHash {
+    pub fn new(hash: Sha256) -> RunningHash {
+        RunningHash {
+            state: State::Inline(hash),
+        }
+    }
+
+    /// Whether hashing runs on its own thread (then [`RunningHash::snapshot`] waits for it).
+    pub fn in_background(&self) -> bool {
+        matches!(self.state, State::Background(_))
+    }
+
+    pub fn update(&mut self, data: Bytes) -> Result<()> {
+        match &mut self.state {
+            State::Inline(h) if data.len() < BACKGROUND_MIN => {
+                h.update(&data);
+                Ok(())
+            }
+            State::Inline(h) => {
+                let (tx, rx) = mpsc::sync_channel(QUEUE);
+                let start = h.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("strata-hash".into())
+                    .spawn(move || run(start, rx));
+                if spawned.is_err() {
+                    // No thread to be had: hashing inline is slower, not wrong.
+                    h.update(&data);
+                    return Ok(());
+                }
+                self.state = State::Background(tx);
+                self.update(data)
+            }
+            State::Background(tx) => tx.send(Msg::Data(data)).map_err(|_| gone()),
+        }
+    }
+
+    /// The hash of everything so far.
+    pub fn snapshot(&self) -> Result<Sha256> {
+        match &self.state {
+            State::Inline(h) => Ok(h.clone()),
+            State::Background(tx) => {
+                let (reply, rx) = mpsc::sync_channel(1);
+                tx.send(Msg::Snapshot(reply)).map_err(|_| gone())?;
+                rx.recv().map_err(|_| gone())
+            }
+        }
+    }
+
+    /// Starts over (the thread, if any, ends when its queue is dropped).
+    pub fn reset(&mut self) {
+        self.state = State::Inline(Sha256::new());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn background_and_inline_agree() {
+        let data: Vec<u8> = (0..3 * BACKGROUND_MIN + 17)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut h = RunningHash::new(Sha256::new());
+        h.update(Bytes::copy_from_slice(&data[..10])).unwrap();
+        assert!(!h.in_background());
+        for piece in data[10..].chunks(BACKGROUND_MIN) {
+            h.update(Bytes::copy_from_slice(piece)).unwrap();
+        }
+        assert!(h.in_background());
+        let mid = h.snapshot().unwrap();
+        assert_eq!(mid.finalize()[..], Sha256::digest(&data)[..]);
+        h.update(Bytes::from_static(b"more")).unwrap();
+        let mut all = data.clone();
+        all.extend_from_slice(b"more");
+        assert_eq!(
+            h.snapshot().unwrap().finalize()[..],
+            Sha256::digest(&all)[..]
+        );
+        h.reset();
+        assert!(!h.in_background());
+        assert_eq!(
+            h.snapshot().unwrap().finalize()[..],
+            Sha256::digest(b"")[..]
+        );
+    }
+}

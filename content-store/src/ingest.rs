@@ -1,0 +1,529 @@
+//! Ingests: content being written under a client-chosen ref, in `<root>/ingest/<sha256(ref)>/`
+//! (`ref`, `data`, `startedat`, `updatedat`, and `total`/`expected` when known), as containerd's
+//! local store lays them out. An ingest outlives the stream writing it, so a client whose
+//! connection dropped resumes from Status' offset; one writer per ref at a time.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use sha2::{Digest as _, Sha256};
+use strata_common::{Error, Result};
+use tracing::{info, warn};
+
+use crate::digest::Digest;
+use crate::hash::RunningHash;
+use crate::time::{from_nanos, rfc3339, to_nanos};
+
+/// An ingest as Status reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IngestStatus {
+    pub r#ref: String,
+    pub offset: u64,
+    /// 0 when unknown.
+    pub total: u64,
+    /// Empty when unknown.
+    pub expected: String,
+    pub started_at: SystemTime,
+    pub updated_at: SystemTime,
+}
+
+type LockTable = Arc<Mutex<HashMap<String, SystemTime>>>;
+
+fn lock_table(t: &LockTable) -> std::sync::MutexGuard<'_, HashMap<String, SystemTime>> {
+    // The table holds plain data; a panic elsewhere does not make it inconsistent.
+    t.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Holds a ref's writer lock until dropped.
+pub struct RefLock {
+    table: LockTable,
+    r#ref: String,
+}
+
+impl Drop for RefLock {
+    fn drop(&mut self) {
+        lock_table(&self.table).remove(&self.r#ref);
+    }
+}
+
+pub struct Ingests {
+    root: PathBuf,
+    locks: LockTable,
+}
+
+const DATA: &str = "data";
+const REF: &str = "ref";
+const STARTED: &str = "startedat";
+const UPDATED: &str = "updatedat";
+const TOTAL: &str = "total";
+const EXPECTED: &str = "expected";
+
+fn io_err(what: &str, path: &Path) -> impl FnOnce(io::Error) -> Error {
+    let what = format!("{what} {}", path.display());
+    move |e| Error::io(what, e)
+}
+
+fn read_string(path: &Path) -> io::Result<String> {
+    fs::read_to_string(path)
+}
+
+fn read_optional(path: &Path) -> io::Result<Option<String>> {
+    match fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn read_time(path: &Path) -> io::Result<SystemTime> {
+    let s = read_string(path)?;
+    let n = s
+        .trim()
+        .parse::<i64>()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    Ok(from_nanos(n))
+}
+
+fn not_found(r#ref: &str) -> Error {
+    Error::not_found(format!("ingest ref {ref:?}"))
+}
+
+impl Ingests {
+    pub fn open(root: &Path) -> Result<Ingests> {
+        let root = root.join("ingest");
+        fs::create_dir_all(&root).map_err(io_err("create", &root))?;
+        Ok(Ingests {
+            root,
+            locks: Arc::default(),
+        })
+    }
+
+    /// The ingest directory of `ref`: hashed, because refs are arbitrary strings.
+    fn dir(&self, r#ref: &str) -> PathBuf {
+        self.root.join(Digest::sha256_of(r#ref.as_bytes()).hex())
+    }
+
+    /// Takes the writer lock on `ref`, or Unavailable saying since when another writer holds
+    /// it (containerd's clients retry Unavailable; the age tells contention from a leak).
+    pub fn try_lock(&self, r#ref: &str) -> Result<RefLock> {
+        let mut table = lock_table(&self.locks);
+        let now = SystemTime::now();
+        if let Some(since) = table.get(r#ref) {
+            let held = now.duration_since(*since).unwrap_or_default();
+            return Err(Error::unavailable(format!(
+                "ref {ref} locked for {:.3}s (since {})",
+                held.as_secs_f64(),
+                rfc3339(*since)
+            )));
+        }
+        table.insert(r#ref.to_owned(), now);
+        Ok(RefLock {
+            table: self.locks.clone(),
+            r#ref: r#ref.to_owned(),
+        })
+    }
+
+    /// Reads an ingest directory. Errors when it is incomplete (a crash while it was being
+    /// created), which callers treat as "no usable ingest".
+    fn read_status(dir: &Path) -> io::Result<IngestStatus> {
+        let data = fs::metadata(dir.join(DATA))?;
+        let r#ref = read_string(&dir.join(REF))?;
+        let started_at = read_time(&dir.join(STARTED))?;
+        let mut updated_at = read_time(&dir.join(UPDATED)).unwrap_or(started_at);
+        // Writes do not rewrite `updatedat`; the data file's mtime is fresher.
+        if let Ok(m) = data.modified() {
+            updated_at = updated_at.max(m);
+        }
+        let total = read_optional(&dir.join(TOTAL))?
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let expected = read_optional(&dir.join(EXPECTED))?.unwrap_or_default();
+        Ok(IngestStatus {
+            r#ref,
+            offset: data.len(),
+            total,
+            expected,
+            started_at,
+            updated_at,
+        })
+    }
+
+    pub fn status(&self, r#ref: &str) -> Result<IngestStatus> {
+        let dir = self.dir(r#ref);
+        match Self::read_status(&dir) {
+            Ok(s) if s.r#ref == r#ref => Ok(s),
+            Ok(_) => Err(not_found(r#ref)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(not_found(r#ref)),
+            Err(e) => Err(Error::io(format!("status of ingest ref {ref:?}"), e)),
+        }
+    }
+
+    /// Every readable ingest; incomplete ones are logged and left for expiry.
+    pub fn list(&self) -> Result<Vec<IngestStatus>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.root).map_err(io_err("list", &self.root))? {
+            let entry = entry.map_err(io_err("list", &self.root))?;
+            match Self::read_status(&entry.path()) {
+                Ok(s) => out.push(s),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    // Created or removed under our feet, or left incomplete by a crash.
+                }
+                Err(e) => warn!(path = %entry.path().display(), error = %e, "unreadable ingest"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Opens the writer of `ref`, resuming its ingest when one exists (the data written so far
+    /// is hashed again), else starting one with `total` and `expected` when given.
+    pub fn writer(
+        &self,
+        r#ref: &str,
+        total: u64,
+        expected: Option<&Digest>,
+    ) -> Result<IngestWriter> {
+        if r#ref.is_empty() {
+            return Err(Error::invalid_argument("ref must not be empty"));
+        }
+        let lock = self.try_lock(r#ref)?;
+        self.writer_locked(lock, r#ref, total, expected)
+    }
+
+    /// [`Ingests::writer`] for a caller already holding `ref`'s lock.
+    pub fn writer_locked(
+        &self,
+        lock: RefLock,
+        r#ref: &str,
+        total: u64,
+        expected: Option<&Digest>,
+    ) -> Result<IngestWriter> {
+        let dir = self.dir(r#ref);
+        let mut resumed = None;
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match Self::resume(&dir, r#ref) {
+                Ok(r) => resumed = Some(r),
+                Err(e) => info!(r#ref, error = %e, "cannot resume ingest; starting it again"),
+            },
+            Err(e) => return Err(io_err("create", &dir)(e)),
+        }
+        let (status, hasher) = match resumed {
+            Some(r) => r,
+            None => (Self::create(&dir, r#ref, total, expected)?, Sha256::new()),
+        };
+        let path = dir.join(DATA);
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err("open", &path))?;
+        file.seek(SeekFrom::Start(status.offset))
+            .map_err(io_err("seek", &path))?;
+        Ok(IngestWriter {
+            dir,
+            file,
+            status,
+            hash: RunningHash::new(hasher),
+            lock,
+        })
+    }
+
+    fn resume(dir: &Path, r#ref: &str) -> io::Result<(IngestStatus, Sha256)> {
+        let status = Self::read_status(dir)?;
+        if status.r#ref != r#ref {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "ingest belongs to another ref",
+            ));
+        }
+        let mut hasher = Sha256::new();
+        let mut file = File::open(dir.join(DATA))?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut offset = 0u64;
+        loop {
+            let n = match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            hasher.update(&buf[..n]);
+            offset += n as u64;
+        }
+        Ok((IngestStatus { offset, ..status }, hasher))
+    }
+
+    fn create(
+        dir: &Path,
+        r#ref: &str,
+        total: u64,
+        expected: Option<&Digest>,
+    ) -> Result<IngestStatus> {
+        let now = SystemTime::now();
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            fs::write(&p, text).map_err(io_err("write", &p))
+        };
+        // Written first so a crash before `ref` exists leaves a directory that reads as
+        // incomplete rather than as an ingest with stale contents.
+        let data = dir.join(DATA);
+        File::create(&data).map_err(io_err("create", &data))?;
+        write(STARTED, &to_nanos(now).to_string())?;
+        write(UPDATED, &to_nanos(now).to_string())?;
+        if total > 0 {
+            write(TOTAL, &total.to_string())?;
+        }
+        if let Some(e) = expected {
+            write(EXPECTED, &e.to_string())?;
+        }
+        write(REF, r#ref)?;
+        Ok(IngestStatus {
+            r#ref: r#ref.to_owned(),
+            offset: 0,
+            total,
+            expected: expected.map(|e| e.to_string()).unwrap_or_default(),
+            started_at: now,
+            updated_at: now,
+        })
+    }
+
+    /// Removes `ref`'s ingest (even while a writer holds it, as containerd does: that
+    /// writer's commit then fails). NotFound when there is none.
+    pub fn abort(&self, r#ref: &str) -> Result<()> {
+        let dir = self.dir(r#ref);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(not_found(r#ref)),
+            Err(e) => Err(io_err("remove", &dir)(e)),
+        }
+    }
+
+    /// Removes ingests nobody is writing that were last written more than `max_age` ago,
+    /// and incomplete ingest directories older than that. Returns the refs removed.
+    pub fn expire(&self, max_age: Duration) -> Result<Vec<String>> {
+        let now = SystemTime::now();
+        let old = |t: SystemTime| now.duration_since(t).is_ok_and(|age| age > max_age);
+        let mut removed = Vec::new();
+        for entry in fs::read_dir(&self.root).map_err(io_err("list", &self.root))? {
+            let entry = entry.map_err(io_err("list", &self.root))?;
+            let path = entry.path();
+            match Self::read_status(&path) {
+                Ok(s) => {
+                    if !old(s.updated_at) {
+                        continue;
+                    }
+                    // A writer holding the ref is alive, however idle; leave it.
+                    let Ok(_lock) = self.try_lock(&s.r#ref) else {
+                        continue;
+                    };
+                    match fs::remove_dir_all(&path) {
+                        Ok(()) => removed.push(s.r#ref),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => warn!(path = %path.display(), error = %e, "cannot expire ingest"),
+                    }
+                }
+                Err(_) => {
+                    let modified = entry.metadata().and_then(|m| m.modified());
+                    if modified.is_ok_and(old)
+                        && let Err(e) = fs::remove_dir_all(&path)
+                    {
+                        warn!(path = %path.display(), error = %e, "cannot remove broken ingest");
+                    }
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// The one writer of an ingest; dropping it releases the ref (the ingest stays, resumable).
+pub struct IngestWriter {
+    dir: PathBuf,
+    file: File,
+    status: IngestStatus,
+    hash: RunningHash,
+    lock: RefLock,
+}
+
+/// A verified, fsynced ingest ready to be stored; still holds the ref's lock.
+pub struct FinishedIngest {
+    pub digest: Digest,
+    pub size: u64,
+    pub data: PathBuf,
+    pub dir: PathBuf,
+    pub lock: RefLock,
+}
+
+impl IngestWriter {
+    pub fn status(&self) -> &IngestStatus {
+        &self.status
+    }
+
+    pub fn offset(&self) -> u64 {
+        self.status.offset
+    }
+
+    /// The digest of what has been written so far (waits for background hashing).
+    pub fn digest(&self) -> Result<Digest> {
+        Ok(Digest::from_sha256(self.hash.snapshot()?))
+    }
+
+    /// Whether [`IngestWriter::digest`] would wait for a hashing thread.
+    pub fn hashing_in_background(&self) -> bool {
+        self.hash.in_background()
+    }
+
+    /// Appends `data`.
+    pub fn write_slice(&mut self, data: &[u8]) -> Result<()> {
+        self.write(Bytes::copy_from_slice(data))
+    }
+
+    /// Appends `data`: written before this returns (so it survives a crash of this process,
+    /// as with containerd's store), hashed possibly later.
+    pub fn write(&mut self, data: Bytes) -> Result<()> {
+        let result = self.file.write_all(&data);
+        if let Err(e) = result {
+            // Part of `data` may be on disk now: this writer's offset and hash are no longer
+            // trustworthy; the stream ends and a resume re-reads the file.
+            return Err(Error::io(
+                format!("write ingest ref {:?}", self.status.r#ref),
+                e,
+            ));
+        }
+        self.status.offset += data.len() as u64;
+        self.hash.update(data)?;
+        self.status.updated_at = SystemTime::now();
+        Ok(())
+    }
+
+    /// Starts over from offset 0 (the only truncation containerd's writers support).
+    pub fn truncate(&mut self) -> Result<()> {
+        let what = || format!("truncate ingest ref {:?}", self.status.r#ref);
+        self.file.set_len(0).map_err(|e| Error::io(what(), e))?;
+        self.file
+            .seek(SeekFrom::Start(0))
+            .map_err(|e| Error::io(what(), e))?;
+        self.hash.reset();
+        self.status.offset = 0;
+        self.status.updated_at = SystemTime::now();
+        Ok(())
+    }
+
+    /// Makes the data durable and checks it against `size` (0: any) and `expected`, in
+    /// containerd's words; FailedPrecondition leaves the ingest as it was.
+    pub fn finish(self, size: u64, expected: Option<&Digest>) -> Result<FinishedIngest> {
+        let r#ref = &self.status.r#ref;
+        self.file
+            .sync_all()
+            .map_err(|e| Error::io(format!("sync ingest ref {ref:?}"), e))?;
+        let offset = self.status.offset;
+        if size > 0 && size != offset {
+            return Err(Error::failed_precondition(format!(
+                "unexpected commit size {offset}, expected {size}"
+            )));
+        }
+        let digest = Digest::from_sha256(self.hash.snapshot()?);
+        if let Some(e) = expected
+            && *e != digest
+        {
+            return Err(Error::failed_precondition(format!(
+                "unexpected commit digest {digest}, expected {e}"
+            )));
+        }
+        Ok(FinishedIngest {
+            digest,
+            size: offset,
+            data: self.dir.join(DATA),
+            dir: self.dir,
+            lock: self.lock,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_common::error::ErrorKind;
+
+    #[test]
+    fn one_writer_per_ref_and_resume_rehashes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ing = Ingests::open(tmp.path()).unwrap();
+        let mut w = ing.writer("r", 10, None).unwrap();
+        let err = ing.writer("r", 0, None).err().unwrap();
+        assert!(err.is(ErrorKind::Unavailable));
+        assert!(err.message().contains("ref r locked for"), "{err}");
+        assert!(err.message().contains("since 20"), "{err}");
+        w.write_slice(b"hello").unwrap();
+        assert_eq!(ing.status("r").unwrap().offset, 5);
+        assert_eq!(ing.status("r").unwrap().total, 10);
+        drop(w);
+
+        let mut w = ing.writer("r", 0, None).unwrap();
+        assert_eq!(w.offset(), 5);
+        assert_eq!(w.status().total, 10);
+        w.write_slice(b"world").unwrap();
+        assert_eq!(w.digest().unwrap(), Digest::sha256_of(b"helloworld"));
+        let f = w
+            .finish(10, Some(&Digest::sha256_of(b"helloworld")))
+            .unwrap();
+        assert_eq!(fs::read(&f.data).unwrap(), b"helloworld");
+    }
+
+    #[test]
+    fn finish_checks_size_and_digest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ing = Ingests::open(tmp.path()).unwrap();
+        let mut w = ing.writer("r", 0, None).unwrap();
+        w.write_slice(b"abc").unwrap();
+        let e = w.finish(4, None).err().unwrap();
+        assert!(e.is(ErrorKind::FailedPrecondition), "{e}");
+        let mut w = ing.writer("r", 0, None).unwrap();
+        assert_eq!(w.offset(), 3, "a failed commit keeps the ingest");
+        w.truncate().unwrap();
+        w.write_slice(b"xyz").unwrap();
+        let e = w.finish(0, Some(&Digest::sha256_of(b"abc"))).err().unwrap();
+        assert!(e.is(ErrorKind::FailedPrecondition), "{e}");
+        assert!(e.message().contains("unexpected commit digest"));
+    }
+
+    #[test]
+    fn abort_list_and_expire() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ing = Ingests::open(tmp.path()).unwrap();
+        assert!(ing.abort("nope").unwrap_err().is(ErrorKind::NotFound));
+        assert!(ing.status("nope").unwrap_err().is(ErrorKind::NotFound));
+        drop(ing.writer("a", 0, None).unwrap());
+        let held = ing.writer("b", 0, None).unwrap();
+        let mut refs: Vec<_> = ing.list().unwrap().into_iter().map(|s| s.r#ref).collect();
+        refs.sort();
+        assert_eq!(refs, ["a", "b"]);
+
+        assert!(ing.expire(Duration::from_secs(3600)).unwrap().is_empty());
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(ing.expire(Duration::from_millis(1)).unwrap(), ["a"]);
+        assert_eq!(ing.list().unwrap().len(), 1, "the locked ingest stays");
+        drop(held);
+        ing.abort("b").unwrap();
+        assert!(ing.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn incomplete_ingest_is_started_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ing = Ingests::open(tmp.path()).unwrap();
+        let dir = ing.dir("r");
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join(DATA), b"junk").unwrap();
+        assert!(ing.list().unwrap().is_empty());
+        let w = ing.writer("r", 0, None).unwrap();
+        assert_eq!(w.offset(), 0);
+        assert_eq!(fs::read(dir.join(DATA)).unwrap(), b"");
+    }
+}

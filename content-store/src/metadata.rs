@@ -1,0 +1,200 @@
+//! Per-blob metadata (labels, created/updated times) in SQLite, WAL mode with full sync, so
+//! a label update that was answered survives a crash of the process or the machine.
+//!
+//! The backend, not this table, decides whether a blob exists: a row is written after the blob
+//! is stored and removed after it is deleted, so a crash between the two leaves either a blob
+//! without a row (served with its store time and no labels, as containerd's local store would
+//! serve it) or a row without a blob (ignored, overwritten by the next commit of that digest,
+//! and pruned at startup).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use strata_common::{Error, Result};
+
+use crate::digest::Digest;
+use crate::time::{from_nanos, to_nanos};
+
+/// What the metadata table holds for one blob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobMeta {
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+    pub labels: BTreeMap<String, String>,
+}
+
+pub struct Metadata {
+    conn: Mutex<Connection>,
+}
+
+fn db_err(what: &str) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
+    move |e| Error::internal(format!("metadata {what}")).with_source(e)
+}
+
+fn decode_labels(text: &str) -> Result<BTreeMap<String, String>> {
+    serde_json::from_str(text)
+        .map_err(|e| Error::internal("metadata: corrupt labels").with_source(e))
+}
+
+fn encode_labels(labels: &BTreeMap<String, String>) -> Result<String> {
+    serde_json::to_string(labels)
+        .map_err(|e| Error::internal("metadata: encode labels").with_source(e))
+}
+
+impl Metadata {
+    pub fn open(path: &Path) -> Result<Metadata> {
+        let conn = Connection::open(path).map_err(db_err("open"))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             PRAGMA synchronous=FULL;
+             PRAGMA busy_timeout=5000;
+             CREATE TABLE IF NOT EXISTS blobs (
+                 digest TEXT PRIMARY KEY NOT NULL,
+                 created_ns INTEGER NOT NULL,
+                 updated_ns INTEGER NOT NULL,
+                 labels TEXT NOT NULL
+             ) WITHOUT ROWID;",
+        )
+        .map_err(db_err("init"))?;
+        Ok(Metadata {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written: keep serving.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn get(&self, digest: &Digest) -> Result<Option<BlobMeta>> {
+        let conn = self.conn();
+        let row = conn
+            .prepare_cached("SELECT created_ns, updated_ns, labels FROM blobs WHERE digest = ?1")
+            .and_then(|mut s| {
+                s.query_row(params![digest.to_string()], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })
+                .optional()
+            })
+            .map_err(db_err("get"))?;
+        row.map(|(c, u, l)| {
+            Ok(BlobMeta {
+                created_at: from_nanos(c),
+                updated_at: from_nanos(u),
+                labels: decode_labels(&l)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Records `digest` with `meta`, replacing any row a deleted predecessor left behind.
+    pub fn put(&self, digest: &Digest, meta: &BlobMeta) -> Result<()> {
+        let labels = encode_labels(&meta.labels)?;
+        self.conn()
+            .prepare_cached(
+                "INSERT OR REPLACE INTO blobs (digest, created_ns, updated_ns, labels)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    digest.to_string(),
+                    to_nanos(meta.created_at),
+                    to_nanos(meta.updated_at),
+                    labels
+                ])
+            })
+            .map_err(db_err("put"))?;
+        Ok(())
+    }
+
+    pub fn remove(&self, digest: &Digest) -> Result<()> {
+        self.conn()
+            .prepare_cached("DELETE FROM blobs WHERE digest = ?1")
+            .and_then(|mut s| s.execute(params![digest.to_string()]))
+            .map_err(db_err("remove"))?;
+        Ok(())
+    }
+
+    /// Every row, keyed by the digest's text.
+    pub fn all(&self) -> Result<HashMap<String, BlobMeta>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT digest, created_ns, updated_ns, labels FROM blobs")
+            .map_err(db_err("list"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })
+            .map_err(db_err("list"))?;
+        let mut out = HashMap::new();
+        for row in rows {
+            let (d, c, u, l) = row.map_err(db_err("list"))?;
+            out.insert(
+                d,
+                BlobMeta {
+                    created_at: from_nanos(c),
+                    updated_at: from_nanos(u),
+                    labels: decode_labels(&l)?,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Drops rows whose digest `keep` rejects; returns how many went.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) -> Result<usize> {
+        let stale: Vec<String> = self.all()?.into_keys().filter(|d| !keep(d)).collect();
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db_err("prune"))?;
+        for d in &stale {
+            tx.execute("DELETE FROM blobs WHERE digest = ?1", params![d])
+                .map_err(db_err("prune"))?;
+        }
+        tx.commit().map_err(db_err("prune"))?;
+        Ok(stale.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn rows_survive_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("meta.db");
+        let d = Digest::sha256_of(b"a");
+        let meta = BlobMeta {
+            created_at: SystemTime::UNIX_EPOCH + Duration::new(100, 7),
+            updated_at: SystemTime::UNIX_EPOCH + Duration::new(200, 9),
+            labels: [("k".to_string(), "v".to_string())].into(),
+        };
+        {
+            let m = Metadata::open(&path).unwrap();
+            assert_eq!(m.get(&d).unwrap(), None);
+            m.put(&d, &meta).unwrap();
+        }
+        let m = Metadata::open(&path).unwrap();
+        assert_eq!(m.get(&d).unwrap(), Some(meta.clone()));
+        assert_eq!(m.all().unwrap().len(), 1);
+        assert_eq!(m.retain(|_| true).unwrap(), 0);
+        assert_eq!(m.retain(|_| false).unwrap(), 1);
+        assert_eq!(m.get(&d).unwrap(), None);
+        m.put(&d, &meta).unwrap();
+        m.remove(&d).unwrap();
+        assert_eq!(m.get(&d).unwrap(), None);
+    }
+}
