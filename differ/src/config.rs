@@ -26,12 +26,18 @@ pub struct Config {
 pub struct DifferConfig {
     /// The content service layer blobs are read from and Diff results written to.
     pub content_address: PathBuf,
+    /// The namespace to read layers in when the request names none (containerd 1.7) and the
+    /// content service cannot list namespaces to find the one holding the layer (containerd's
+    /// own service can: then this is not needed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_namespace: Option<String>,
 }
 
 impl Default for DifferConfig {
     fn default() -> Self {
         DifferConfig {
             content_address: PathBuf::from(DEFAULT_CONTENT_ADDRESS),
+            fallback_namespace: None,
         }
     }
 }

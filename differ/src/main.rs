@@ -3,7 +3,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use strata_common::cli::{self, ServerArgs};
+use strata_common::client::unix_channel;
 use strata_differ::config::{Config, NAME};
+use strata_differ::{Applier, DiffService, Fetcher, SERVICE_NAME};
 
 /// containerd proxy differ (Apply and Diff of tar layers).
 #[derive(Parser, Debug)]
@@ -14,6 +16,10 @@ struct Args {
     /// Content service to read layer blobs from and write Diff results to (containerd's socket).
     #[arg(long, value_name = "SOCKET")]
     content_address: Option<PathBuf>,
+    /// Namespace to read layers in when containerd sends none and the content service cannot
+    /// list namespaces.
+    #[arg(long, value_name = "NAMESPACE")]
+    fallback_namespace: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -28,9 +34,23 @@ fn main() -> ExitCode {
     if let Some(a) = args.content_address {
         config.differ.content_address = a;
     }
-    // The Diff service is not served yet: containerd gets Unimplemented from it and moves on
-    // to the next differ in its chain.
-    strata_common::app::run(&format!("strata-{NAME}"), &args.server, config, &[], |_| {
-        Ok(Box::new(|router| router))
-    })
+    if let Some(ns) = args.fallback_namespace {
+        config.differ.fallback_namespace = Some(ns);
+    }
+    // Diff (mounts -> layer) answers Unimplemented for now, so containerd's chain moves on to
+    // walking for it; Apply is served.
+    strata_common::app::run(
+        &format!("strata-{NAME}"),
+        &args.server,
+        config,
+        &[SERVICE_NAME],
+        |config| {
+            // Lazy: the differ starts before containerd's socket exists.
+            let channel = unix_channel(&config.differ.content_address);
+            let fetcher = Fetcher::new(channel, config.differ.fallback_namespace.clone());
+            let applier = Applier::new(fetcher, config.server.root.join("mounts"));
+            let service = DiffService::new(applier).into_server();
+            Ok(Box::new(move |router| router.add_service(service)))
+        },
+    )
 }

@@ -1,0 +1,58 @@
+//! containerd's `containerd.services.diff.v1.Diff` over gRPC: requests to [`Applier`] calls,
+//! errors to the codes containerd branches on.
+
+use strata_common::error::Error;
+use strata_common::namespace::RequestContext;
+use strata_proto::diff::diff_server::{Diff, DiffServer};
+use strata_proto::diff::{ApplyRequest, ApplyResponse, DiffRequest, DiffResponse};
+use tonic::{Request, Response, Status};
+use tracing::warn;
+
+use crate::apply::Applier;
+
+#[derive(Clone, Debug)]
+pub struct DiffService {
+    applier: Applier,
+}
+
+impl DiffService {
+    pub fn new(applier: Applier) -> DiffService {
+        DiffService { applier }
+    }
+
+    pub fn into_server(self) -> DiffServer<DiffService> {
+        DiffServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl Diff for DiffService {
+    async fn apply(
+        &self,
+        request: Request<ApplyRequest>,
+    ) -> Result<Response<ApplyResponse>, Status> {
+        let ctx = RequestContext::from_metadata(request.metadata())?;
+        let req = request.into_inner();
+        let desc = req
+            .diff
+            .ok_or_else(|| Error::invalid_argument("apply request without a diff descriptor"))?;
+        match self
+            .applier
+            .apply(&ctx, &desc, &req.mounts, req.sync_fs)
+            .await
+        {
+            Ok(applied) => Ok(Response::new(ApplyResponse {
+                applied: Some(applied.descriptor()),
+            })),
+            Err(e) => {
+                warn!(digest = %desc.digest, media_type = %desc.media_type, error = %e.chain(), "apply failed");
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn diff(&self, _request: Request<DiffRequest>) -> Result<Response<DiffResponse>, Status> {
+        // containerd moves on to its next differ (walking) on Unimplemented.
+        Err(Error::unimplemented("strata-differ does not compute diffs yet").into())
+    }
+}
