@@ -65,10 +65,8 @@ for name in snapshotter content differ; do
   echo "strata-$name: pid $(cat "$demo/$name.pid"), log $demo/$name.log"
 done
 
-# strata-differ is not wired in until it implements Apply (issue 3): containerd 2.x's transfer
-# service would use it for every unpack into strata, with no fallback to walking.
 "$bin/strata-containerd-config" --containerd "$version" --snapshotter "$demo/snapshotter.sock" \
-  --content "$demo/content.sock" >"$demo/proxy.toml"
+  --content "$demo/content.sock" --differ "$demo/differ.sock" >"$demo/proxy.toml"
 step "starting containerd $version with strata in [proxy_plugins] (its own content store disabled)"
 sed 's/^/    /' "$demo/proxy.toml"
 CTD_LOG_LEVEL=info CTD_EXTRA_DISABLED=io.containerd.content.v1.content \
@@ -78,10 +76,11 @@ ctr() { "$env_sh" ctr "$demo/ctd" -n strata-demo "$@"; }
 step "ctr plugins ls (proxy plugins)"
 ctr plugins ls | awk 'NR == 1 || /strata/'
 
-step "building the busybox image fixture; importing it into strata (content + snapshots)"
+step "building the busybox image fixture; importing it into strata (content, differ, snapshots)"
 "$bin/strata-mkimage" busybox --compression gzip --out "$demo/busybox.tar" >/dev/null
 ctr images import --snapshotter strata "$demo/busybox.tar"
 image=$(ctr images ls -q | head -n1)
+echo "layers applied by strata-differ: $(grep -c 'strata-differ applied layer' "$demo/differ.log" || true)"
 
 step "blobs served by strata-content (ctr content ls) and stored under its root"
 ctr content ls
