@@ -8,6 +8,7 @@ pub mod client;
 pub mod error;
 pub mod fieldpath;
 pub mod filter;
+pub mod mount;
 pub mod namespace;
 pub mod serve;
 pub mod telemetry;

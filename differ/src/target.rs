@@ -5,12 +5,10 @@
 //! - one bind mount: straight into its source, OCI whiteouts;
 //! - anything else: mounted on a private temporary directory, OCI whiteouts, unmounted after.
 
-use std::ffi::CString;
-use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use strata_common::error::{Error, Result};
+use strata_common::mount::{mount, unmount};
 use strata_proto::types::Mount;
 use tracing::warn;
 
@@ -114,7 +112,7 @@ impl TempMount {
             .keep();
         let mut tm = TempMount { dir, mounted: 0 };
         for m in mounts {
-            mount_one(m, &tm.dir).map_err(|e| {
+            mount(&m.r#type, &m.source, &m.options, &tm.dir).map_err(|e| {
                 Error::io(
                     format!("mount {} ({}) on {}", m.source, m.r#type, tm.dir.display()),
                     e,
@@ -147,174 +145,6 @@ impl Drop for TempMount {
         if let Err(e) = self.undo() {
             warn!(error = %e, "cleaning up the apply mount");
         }
-    }
-}
-
-fn unmount(target: &Path) -> io::Result<()> {
-    use nix::mount::{MntFlags, umount2};
-    match umount2(target, MntFlags::empty()) {
-        Ok(()) => Ok(()),
-        Err(nix::errno::Errno::EBUSY) => umount2(target, MntFlags::MNT_DETACH).map_err(Into::into),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Mount flags by option name, as containerd's `mount_linux.go` parses them.
-fn flag(o: &str) -> Option<(bool, nix::mount::MsFlags)> {
-    use nix::mount::MsFlags as F;
-    Some(match o {
-        "ro" => (true, F::MS_RDONLY),
-        "rw" => (false, F::MS_RDONLY),
-        "bind" => (true, F::MS_BIND),
-        "rbind" => (true, F::MS_BIND | F::MS_REC),
-        "nosuid" => (true, F::MS_NOSUID),
-        "suid" => (false, F::MS_NOSUID),
-        "nodev" => (true, F::MS_NODEV),
-        "dev" => (false, F::MS_NODEV),
-        "noexec" => (true, F::MS_NOEXEC),
-        "exec" => (false, F::MS_NOEXEC),
-        "sync" => (true, F::MS_SYNCHRONOUS),
-        "async" => (false, F::MS_SYNCHRONOUS),
-        "noatime" => (true, F::MS_NOATIME),
-        "relatime" => (true, F::MS_RELATIME),
-        "strictatime" => (true, F::MS_STRICTATIME),
-        "nodiratime" => (true, F::MS_NODIRATIME),
-        "remount" => (true, F::MS_REMOUNT),
-        "defaults" => (false, F::empty()),
-        _ => return None,
-    })
-}
-
-fn mount_one(m: &Mount, target: &Path) -> io::Result<()> {
-    use nix::mount::{MsFlags, mount};
-    let mut flags = MsFlags::empty();
-    let mut data: Vec<&str> = Vec::new();
-    for o in &m.options {
-        match flag(o) {
-            Some((true, f)) => flags |= f,
-            Some((false, f)) => flags &= !f,
-            None => data.push(o),
-        }
-    }
-    let kind = if m.r#type == "bind" {
-        flags |= MsFlags::MS_BIND;
-        None
-    } else {
-        Some(m.r#type.as_str())
-    };
-    let data = data.join(",");
-    // The kernel takes at most a page of mount data; containerd leaves 512 bytes of slack.
-    if kind == Some("overlay") && data.len() >= 4096 - 512 {
-        return mount_overlay_compacted(m, target, flags, &data);
-    }
-    let ro_bind = flags.contains(MsFlags::MS_BIND) && flags.contains(MsFlags::MS_RDONLY);
-    mount(
-        Some(m.source.as_str()),
-        target,
-        kind,
-        flags,
-        (!data.is_empty()).then_some(data.as_str()),
-    )?;
-    if ro_bind {
-        // A bind mount ignores MS_RDONLY until remounted.
-        let f = flags | MsFlags::MS_REMOUNT;
-        if let Err(e) = mount(None::<&str>, target, None::<&str>, f, None::<&str>) {
-            let _ = unmount(target);
-            return Err(e.into());
-        }
-    }
-    Ok(())
-}
-
-/// containerd's answer to overlay options longer than a page: `lowerdir=` relative to the
-/// lowers' common parent, mounted from a child process whose working directory is that parent
-/// (this process is multi-threaded and must not chdir).
-fn mount_overlay_compacted(
-    m: &Mount,
-    target: &Path,
-    flags: nix::mount::MsFlags,
-    data: &str,
-) -> io::Result<()> {
-    let opts: Vec<&str> = data.split(',').collect();
-    let too_long = || io::Error::new(io::ErrorKind::InvalidInput, "overlay options too long");
-    let idx = opts
-        .iter()
-        .position(|o| o.starts_with("lowerdir="))
-        .ok_or_else(too_long)?;
-    let lowers: Vec<&Path> = opts[idx]
-        .trim_start_matches("lowerdir=")
-        .split(':')
-        .map(Path::new)
-        .collect();
-    let mut common = lowers
-        .first()
-        .and_then(|p| p.parent())
-        .ok_or_else(too_long)?
-        .to_path_buf();
-    for l in &lowers {
-        while !l.starts_with(&common) {
-            common = common.parent().ok_or_else(too_long)?.to_path_buf();
-        }
-    }
-    let mut rel = Vec::new();
-    for l in &lowers {
-        rel.push(
-            l.strip_prefix(&common)
-                .map_err(|_| too_long())?
-                .to_string_lossy()
-                .into_owned(),
-        );
-    }
-    let mut new: Vec<String> = opts.iter().map(|s| s.to_string()).collect();
-    new[idx] = format!("lowerdir={}", rel.join(":"));
-    let data = new.join(",");
-    if data.len() >= 4096 {
-        return Err(too_long());
-    }
-    let target = std::path::absolute(target)?;
-    let c = |b: &[u8]| CString::new(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e));
-    let c_dir = c(common.as_os_str().as_bytes())?;
-    let c_source = c(m.source.as_bytes())?;
-    let c_target = c(target.as_os_str().as_bytes())?;
-    let c_fstype = c(b"overlay")?;
-    let c_data = c(data.as_bytes())?;
-    // SAFETY: the child only makes raw syscalls (chdir, mount, _exit) on memory prepared
-    // before the fork, which is async-signal-safe.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if pid == 0 {
-        // SAFETY: see above; the child never returns into Rust code.
-        unsafe {
-            if libc::chdir(c_dir.as_ptr()) != 0 {
-                libc::_exit(*libc::__errno_location());
-            }
-            let rc = libc::mount(
-                c_source.as_ptr(),
-                c_target.as_ptr(),
-                c_fstype.as_ptr(),
-                flags.bits(),
-                c_data.as_ptr().cast(),
-            );
-            libc::_exit(if rc == 0 {
-                0
-            } else {
-                *libc::__errno_location()
-            });
-        }
-    }
-    let mut status: libc::c_int = 0;
-    // SAFETY: waiting for the child we just forked.
-    if unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
-        Ok(())
-    } else if libc::WIFEXITED(status) {
-        Err(io::Error::from_raw_os_error(libc::WEXITSTATUS(status)))
-    } else {
-        Err(io::Error::other("overlay mount helper died"))
     }
 }
 

@@ -2,7 +2,6 @@
 //! shapes, plus a small mounter for tests and tools (the server itself never mounts: the
 //! caller, usually containerd, does).
 
-use std::ffi::CString;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -74,181 +73,12 @@ pub fn native_mounts(layout: &Layout, s: &Snapshot) -> Vec<Mount> {
 /// in a page, as containerd's `compactLowerdirOption` does).
 pub fn mount_all(mounts: &[Mount], target: &Path) -> io::Result<()> {
     for m in mounts {
-        mount_one(m, target)?;
+        strata_common::mount::mount(&m.kind, &m.source, &m.options, target)?;
     }
     Ok(())
 }
 
-fn cstr(s: &str) -> io::Result<CString> {
-    CString::new(s).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
-}
-
-fn mount_one(m: &Mount, target: &Path) -> io::Result<()> {
-    use nix::mount::{MsFlags, mount};
-    match m.kind.as_str() {
-        "bind" => {
-            let readonly = m.options.iter().any(|o| o == "ro");
-            let mut flags = MsFlags::MS_BIND;
-            if m.options.iter().any(|o| o == "rbind") {
-                flags |= MsFlags::MS_REC;
-            }
-            mount(
-                Some(Path::new(&m.source)),
-                target,
-                None::<&str>,
-                flags,
-                None::<&str>,
-            )?;
-            if readonly {
-                let flags = flags | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-                if let Err(e) = mount(None::<&str>, target, None::<&str>, flags, None::<&str>) {
-                    let _ = unmount(target);
-                    return Err(e.into());
-                }
-            }
-            Ok(())
-        }
-        "overlay" => {
-            let mut flags = MsFlags::empty();
-            let data: Vec<&str> = m
-                .options
-                .iter()
-                .map(String::as_str)
-                .filter(|o| match *o {
-                    "ro" => {
-                        flags |= MsFlags::MS_RDONLY;
-                        false
-                    }
-                    "rw" => false,
-                    _ => true,
-                })
-                .collect();
-            let joined = data.join(",");
-            // The kernel takes at most a page of mount data; containerd leaves 512 bytes
-            // of slack for the kernel's own additions.
-            let page = 4096usize;
-            if joined.len() < page - 512 {
-                return mount(
-                    Some(m.source.as_str()),
-                    target,
-                    Some("overlay"),
-                    flags,
-                    Some(joined.as_str()),
-                )
-                .map_err(Into::into);
-            }
-            let (dir, compacted) = compact_lowerdir(&data).ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "overlay options too long and lowerdirs share no parent",
-                )
-            })?;
-            mount_in_dir(&dir, &m.source, target, flags.bits(), &compacted.join(","))
-        }
-        other => Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!("mount type {other:?}"),
-        )),
-    }
-}
-
-/// Rewrites `lowerdir=` relative to the lower dirs' common parent directory; returns that
-/// directory and the new options.
-pub fn compact_lowerdir(options: &[&str]) -> Option<(PathBuf, Vec<String>)> {
-    let idx = options.iter().position(|o| o.starts_with("lowerdir="))?;
-    let lowers: Vec<&str> = options[idx].strip_prefix("lowerdir=")?.split(':').collect();
-    let first = Path::new(lowers.first()?);
-    let mut common: PathBuf = first.parent()?.to_path_buf();
-    for l in &lowers {
-        while !Path::new(l).starts_with(&common) {
-            common = common.parent()?.to_path_buf();
-        }
-    }
-    if common == Path::new("/") {
-        return None;
-    }
-    let rel: Vec<String> = lowers
-        .iter()
-        .map(|l| {
-            Path::new(l)
-                .strip_prefix(&common)
-                .map(|p| p.to_string_lossy().into_owned())
-        })
-        .collect::<Result<_, _>>()
-        .ok()?;
-    let mut out: Vec<String> = options.iter().map(|s| s.to_string()).collect();
-    out[idx] = format!("lowerdir={}", rel.join(":"));
-    Some((common, out))
-}
-
-/// Mounts overlay from inside `dir` in a forked child, so relative lower dirs resolve there
-/// without changing this (multi-threaded) process's working directory.
-fn mount_in_dir(
-    dir: &Path,
-    source: &str,
-    target: &Path,
-    flags: libc::c_ulong,
-    data: &str,
-) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let target = std::path::absolute(target)?;
-    let c_dir = CString::new(dir.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let c_source = cstr(source)?;
-    let c_target = CString::new(target.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let c_fstype = cstr("overlay")?;
-    let c_data = cstr(data)?;
-    // SAFETY: the child only makes raw syscalls (chdir, mount, _exit) on memory prepared
-    // before the fork, which is async-signal-safe.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if pid == 0 {
-        // SAFETY: see above; the child never returns into Rust code.
-        unsafe {
-            if libc::chdir(c_dir.as_ptr()) != 0 {
-                libc::_exit(*libc::__errno_location());
-            }
-            let rc = libc::mount(
-                c_source.as_ptr(),
-                c_target.as_ptr(),
-                c_fstype.as_ptr(),
-                flags,
-                c_data.as_ptr().cast(),
-            );
-            libc::_exit(if rc == 0 {
-                0
-            } else {
-                *libc::__errno_location()
-            });
-        }
-    }
-    let mut status: libc::c_int = 0;
-    // SAFETY: waiting for the child we just forked.
-    let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
-        Ok(())
-    } else if libc::WIFEXITED(status) {
-        Err(io::Error::from_raw_os_error(libc::WEXITSTATUS(status)))
-    } else {
-        Err(io::Error::other("mount helper child died"))
-    }
-}
-
-/// Unmounts `target` (lazily if it is busy).
-pub fn unmount(target: &Path) -> io::Result<()> {
-    use nix::mount::{MntFlags, umount2};
-    match umount2(target, MntFlags::empty()) {
-        Ok(()) => Ok(()),
-        Err(nix::errno::Errno::EBUSY) => umount2(target, MntFlags::MNT_DETACH).map_err(Into::into),
-        Err(e) => Err(e.into()),
-    }
-}
+pub use strata_common::mount::unmount;
 
 /// A mount that is undone when dropped, so a failing test leaves nothing mounted.
 #[derive(Debug)]
@@ -330,20 +160,5 @@ mod tests {
         );
         let m = native_mounts(&l, &snap(4, Kind::Active, &[2, 1]));
         assert_eq!(m, bind(PathBuf::from("/r/snapshots/4/fs"), false));
-    }
-
-    #[test]
-    fn lowerdir_compaction_uses_the_common_parent() {
-        let opts = [
-            "upperdir=/r/s/9/fs",
-            "lowerdir=/r/s/2/fs:/r/s/10/fs",
-            "index=off",
-        ];
-        let (dir, out) = compact_lowerdir(&opts).unwrap();
-        assert_eq!(dir, Path::new("/r/s"));
-        assert_eq!(
-            out,
-            ["upperdir=/r/s/9/fs", "lowerdir=2/fs:10/fs", "index=off"]
-        );
     }
 }
