@@ -8,14 +8,28 @@ use tracing::{error, info};
 
 use crate::cli::{self, PluginConfig, ServerArgs};
 
-/// Runs a server: `build` turns the effective config into the plugin's gRPC services (added to
-/// a router that already serves `grpc.health.v1`); `services` are their full names, reported
-/// SERVING by the health service.
-pub fn run<C, B>(name: &str, args: &ServerArgs, config: C, services: &[&str], build: B) -> ExitCode
+/// Runs a server: reads its config (`defaults`, the file, then the flags in `args`, then
+/// `overrides` for the plugin's own flags); `build` turns the effective config into the
+/// plugin's gRPC services (added to a router that already serves `grpc.health.v1`);
+/// `services` are their full names, reported SERVING by the health service.
+pub fn run<C, O, B>(
+    name: &str,
+    args: &ServerArgs,
+    defaults: C,
+    overrides: O,
+    services: &[&str],
+    build: B,
+) -> ExitCode
 where
     C: PluginConfig,
+    O: FnOnce(&mut C),
     B: FnOnce(&C) -> Result<Box<dyn FnOnce(Router) -> Router>, String>,
 {
+    let mut config = match cli::load(args, defaults) {
+        Ok(c) => c,
+        Err(e) => return fail(name, &e.to_string()),
+    };
+    overrides(&mut config);
     if args.print_config {
         return match cli::render(&config) {
             Ok(text) => {

@@ -2,7 +2,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use strata_common::cli::{self, ServerArgs};
+use strata_common::cli::ServerArgs;
 use strata_content::config::{Config, NAME};
 use strata_content::{ContentService, ContentStore, SERVICE_NAME};
 
@@ -16,17 +16,11 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match cli::load(&args.server, Config::default()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("strata-content: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     strata_common::app::run(
         &format!("strata-{NAME}"),
         &args.server,
-        config,
+        Config::default(),
+        |_| {},
         &[SERVICE_NAME],
         |cfg: &Config| {
             let store = ContentStore::open_local(&cfg.server.root).map_err(|e| e.chain())?;

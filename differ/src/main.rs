@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use strata_common::cli::{self, ServerArgs};
+use strata_common::cli::ServerArgs;
 use strata_common::client::unix_channel;
 use strata_differ::config::{Config, NAME};
 use strata_differ::{Applier, DiffService, Fetcher, SERVICE_NAME};
@@ -24,25 +24,21 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let mut config = match cli::load(&args.server, Config::default()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("strata-differ: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    if let Some(a) = args.content_address {
-        config.differ.content_address = a;
-    }
-    if let Some(ns) = args.fallback_namespace {
-        config.differ.fallback_namespace = Some(ns);
-    }
+    let (content_address, fallback_namespace) = (args.content_address, args.fallback_namespace);
     // Diff (mounts -> layer) answers Unimplemented for now, so containerd's chain moves on to
     // walking for it; Apply is served.
     strata_common::app::run(
         &format!("strata-{NAME}"),
         &args.server,
-        config,
+        Config::default(),
+        |config| {
+            if let Some(a) = content_address {
+                config.differ.content_address = a;
+            }
+            if let Some(ns) = fallback_namespace {
+                config.differ.fallback_namespace = Some(ns);
+            }
+        },
         &[SERVICE_NAME],
         |config| {
             // Lazy: the differ starts before containerd's socket exists.

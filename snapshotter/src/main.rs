@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use strata_common::cli::{self, ServerArgs};
+use strata_common::cli::ServerArgs;
 use strata_snapshotter::config::{Config, NAME};
 use strata_snapshotter::{SERVICE_NAME, Service, Snapshotter};
 
@@ -15,17 +15,11 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match cli::load(&args.server, Config::default()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("strata-snapshotter: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     strata_common::app::run(
         &format!("strata-{NAME}"),
         &args.server,
-        config,
+        Config::default(),
+        |_| {},
         &[SERVICE_NAME],
         |cfg| {
             let snapshotter = Snapshotter::open(&cfg.server.root, cfg.snapshotter.clone())
