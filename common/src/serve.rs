@@ -41,6 +41,8 @@ pub enum ServeError {
     Config(#[from] crate::cli::ConfigError),
     #[error("serve: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("server task: {0}")]
+    Task(String),
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ServeError + 'a {
@@ -285,6 +287,57 @@ where
     result
 }
 
+/// A server running on a tokio task (tests, embedders) until [`Running::stop`] or drop.
+pub struct Running {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), ServeError>>>,
+}
+
+impl Running {
+    /// Stops accepting, drains in-flight calls (within the drain bound) and reports how the
+    /// server ended.
+    pub async fn stop(mut self) -> Result<(), ServeError> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.map_err(|e| ServeError::Task(e.to_string()))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// [`serve_until`] on a new task of the current runtime, stopped through the returned handle.
+pub fn spawn(
+    listener: Listener,
+    services: &'static [&'static str],
+    add: impl FnOnce(Router) -> Router + Send + 'static,
+    drain: Duration,
+) -> Running {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve_until(
+        listener,
+        services,
+        add,
+        async {
+            let _ = rx.await;
+        },
+        drain,
+    ));
+    Running {
+        stop: Some(tx),
+        task: Some(task),
+    }
+}
+
 /// [`serve_until`] with the config's socket, SIGTERM/SIGINT, and its drain bound.
 pub async fn serve(
     cfg: &ServerConfig,
@@ -346,26 +399,15 @@ mod tests {
         let err = Listener::bind(&sock, 0o660, None).err().unwrap();
         assert!(matches!(err, ServeError::AlreadyServing { .. }), "{err}");
 
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(serve_until(
-            listener,
-            &["test.Service"],
-            |r| r,
-            async {
-                let _ = rx.await;
-            },
-            Duration::from_secs(5),
-        ));
+        let running = spawn(listener, &["test.Service"], |r| r, Duration::from_secs(5));
         assert_eq!(health(&sock, "").await.unwrap(), 1, "SERVING");
         assert_eq!(health(&sock, "test.Service").await.unwrap(), 1);
         let missing = health(&sock, "nope").await.unwrap_err();
         assert_eq!(missing.code(), tonic::Code::NotFound);
 
-        tx.send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(10), task)
+        tokio::time::timeout(Duration::from_secs(10), running.stop())
             .await
             .expect("shutdown within the drain bound")
-            .unwrap()
             .unwrap();
         assert!(!sock.exists(), "socket removed on exit");
     }

@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use sha2::Digest as _;
 use strata_common::client::unix_channel;
-use strata_common::serve::{Listener, serve_until};
+use strata_common::serve::{Listener, Running, spawn};
 use strata_content::{ContentService, ContentStore, SERVICE_NAME};
 use strata_proto::content::content_client::ContentClient;
 use strata_proto::content::{
     ReadContentRequest, WriteAction, WriteContentRequest, WriteContentResponse,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Status, Streaming};
@@ -25,8 +25,7 @@ pub type Client = ContentClient<Channel>;
 
 pub struct Server {
     pub socket: PathBuf,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    running: Running,
 }
 
 impl Server {
@@ -36,38 +35,21 @@ impl Server {
         let listener = Listener::bind(&socket, 0o600, None).unwrap();
         let store = ContentStore::open_local(root).unwrap();
         let server = ContentService::new(store).into_server();
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            serve_until(
-                listener,
-                &[SERVICE_NAME],
-                move |r| r.add_service(server),
-                async {
-                    let _ = rx.await;
-                },
-                Duration::from_secs(2),
-            )
-            .await
-            .unwrap();
-        });
-        Server {
-            socket,
-            stop: Some(tx),
-            task: Some(task),
-        }
+        let running = spawn(
+            listener,
+            &[SERVICE_NAME],
+            move |r| r.add_service(server),
+            Duration::from_secs(2),
+        );
+        Server { socket, running }
     }
 
     pub fn client(&self) -> Client {
         client(&self.socket)
     }
 
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.task.take() {
-            t.await.unwrap();
-        }
+    pub async fn stop(self) {
+        self.running.stop().await.unwrap();
     }
 }
 

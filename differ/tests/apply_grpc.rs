@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use strata_common::client::unix_channel;
 use strata_common::namespace::NAMESPACE_HEADER;
-use strata_common::serve::{Listener, serve_until};
+use strata_common::serve::{Listener, Running, spawn};
 use strata_differ::{Applier, DiffService, Fetcher, SERVICE_NAME};
 use strata_proto::content::content_server::{Content, ContentServer};
 use strata_proto::content::*;
@@ -21,7 +21,6 @@ use strata_proto::diff::{ApplyRequest, DiffRequest};
 use strata_proto::types::{Descriptor, Mount};
 use strata_testkit::fixtures;
 use strata_testkit::prelude::*;
-use tokio::sync::oneshot;
 use tonic::codegen::tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -156,45 +155,19 @@ impl Content for FakeContent {
     }
 }
 
-struct Served {
-    stops: Vec<oneshot::Sender<()>>,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        for s in self.stops.drain(..) {
-            let _ = s.send(());
-        }
-    }
-}
-
 fn serve(
     listener: Listener,
     add: impl FnOnce(tonic::transport::server::Router) -> tonic::transport::server::Router
     + Send
     + 'static,
-) -> oneshot::Sender<()> {
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        serve_until(
-            listener,
-            &[SERVICE_NAME],
-            add,
-            async {
-                let _ = rx.await;
-            },
-            Duration::from_secs(2),
-        )
-        .await
-        .unwrap();
-    });
-    tx
+) -> Running {
+    spawn(listener, &[SERVICE_NAME], add, Duration::from_secs(2))
 }
 
 struct Env {
     content: FakeContent,
     client: DiffClient<tonic::transport::Channel>,
-    _served: Served,
+    _served: Vec<Running>,
     _dir: tempfile::TempDir,
 }
 
@@ -221,9 +194,7 @@ async fn start(content: FakeContent, fallback: Option<&str>) -> Env {
     Env {
         content,
         client: DiffClient::new(unix_channel(&differ_sock)),
-        _served: Served {
-            stops: vec![s1, s2],
-        },
+        _served: vec![s1, s2],
         _dir: dir,
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use strata_common::client::unix_channel;
-use strata_common::serve::{Listener, serve_until};
+use strata_common::serve::{Listener, Running, spawn};
 use strata_proto::snapshots as pb;
 use strata_proto::snapshots::snapshots_client::SnapshotsClient;
 use strata_snapshotter::config::SnapshotterConfig;
@@ -22,11 +22,11 @@ pub type Client = SnapshotsClient<Channel>;
 
 /// A snapshotter served over a unix socket in this process; stops when dropped.
 pub struct Server {
+    // First, so dropping a Server stops serving before its directory goes.
+    running: Running,
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub snapshotter: Snapshotter,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Server {
@@ -44,27 +44,18 @@ impl Server {
         };
         let socket = dir.path().join("snapshotter.sock");
         let listener = Listener::bind(&socket, 0o600, None).unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server = Service::new(snapshotter.clone()).into_server();
-        let task = tokio::spawn(async move {
-            serve_until(
-                listener,
-                &[SERVICE_NAME],
-                move |r| r.add_service(server),
-                async {
-                    let _ = rx.await;
-                },
-                Duration::from_secs(5),
-            )
-            .await
-            .unwrap();
-        });
+        let running = spawn(
+            listener,
+            &[SERVICE_NAME],
+            move |r| r.add_service(server),
+            Duration::from_secs(5),
+        );
         Server {
+            running,
             dir,
             socket,
             snapshotter,
-            stop: Some(tx),
-            task: Some(task),
         }
     }
 
@@ -85,21 +76,8 @@ impl Server {
         p
     }
 
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.task.take() {
-            t.await.unwrap();
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
+    pub async fn stop(self) {
+        self.running.stop().await.unwrap();
     }
 }
 
