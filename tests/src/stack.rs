@@ -32,6 +32,16 @@ impl StackOptions {
         }
     }
 
+    /// Run and wire exactly `set` (benchmarks compare one plugin against the built-in).
+    pub fn only(set: PluginSet) -> Self {
+        StackOptions {
+            start: set,
+            wire: set,
+            disabled_plugins: Vec::new(),
+            extra_toml: String::new(),
+        }
+    }
+
     /// Run and wire all three plugins.
     pub fn full() -> Self {
         StackOptions {
@@ -76,6 +86,22 @@ impl Stack {
             plugins,
             proxy,
         })
+    }
+
+    /// A new lease in containerd (so what a client writes survives GC until the lease goes)
+    /// and the request context that carries it and the stack's namespace.
+    pub fn lease(
+        &self,
+        prefix: &str,
+    ) -> Result<(String, strata_common::namespace::RequestContext)> {
+        let lease = crate::ids::unique_name(prefix);
+        self.containerd
+            .try_ctr_ok(&["leases", "create", "--id", &lease])?;
+        let cx = strata_common::namespace::RequestContext {
+            namespace: Some(self.containerd.namespace().to_string()),
+            lease: Some(lease.clone()),
+        };
+        Ok((lease, cx))
     }
 
     /// Every log tail (containerd's and the plugins'), for assertion messages.

@@ -23,7 +23,7 @@ use strata_proto::content::{
     DeleteContentRequest, ReadContentRequest, WriteAction, WriteContentRequest,
 };
 use strata_testkit::Compression;
-use strata_tests::{PluginSet, Stack, StackOptions, Version, unique_name};
+use strata_tests::{PluginSet, Stack, StackOptions, Version};
 use tonic::codegen::tokio_stream::{self, StreamExt};
 use tonic::transport::Channel;
 
@@ -153,24 +153,8 @@ impl Target {
         } else {
             PluginSet::NONE
         };
-        let stack = Stack::start(
-            version,
-            &StackOptions {
-                start: wire,
-                wire,
-                disabled_plugins: Vec::new(),
-                extra_toml: String::new(),
-            },
-        )
-        .expect("starting the stack");
-        let lease = unique_name("bench");
-        stack
-            .containerd
-            .ctr_ok(&["leases", "create", "--id", &lease]);
-        let cx = RequestContext {
-            namespace: Some(stack.containerd.namespace().to_string()),
-            lease: Some(lease.clone()),
-        };
+        let stack = Stack::start(version, &StackOptions::only(wire)).expect("starting the stack");
+        let (lease, cx) = stack.lease("bench").expect("creating a lease");
         Target {
             stack,
             cx,
