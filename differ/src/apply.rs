@@ -87,7 +87,7 @@ impl Applier {
         let mounts = mounts.to_vec();
         let scratch = self.scratch.clone();
         let applied = tokio::task::spawn_blocking(move || {
-            apply_reader(blob, compression, &mounts, &scratch, sync_fs)
+            apply_verified(blob, compression, &mounts, &scratch, sync_fs)
         })
         .await
         .map_err(|e| Error::internal(format!("apply task: {e}")))??;
@@ -114,8 +114,33 @@ pub fn apply_reader<R: Read + Send + 'static>(
     scratch: &Path,
     sync_fs: bool,
 ) -> Result<Applied> {
+    apply_with(blob, compression, mounts, scratch, sync_fs, None)
+}
+
+/// [`apply_reader`] for a blob checked against its descriptor: an uncompressed layer's
+/// diffID is then its verified digest, so its bytes are hashed once, not twice (sha256 is most
+/// of the CPU an apply of a big plain layer costs).
+fn apply_verified<R: Read + Send + 'static>(
+    blob: Verified<R>,
+    compression: Compression,
+    mounts: &[Mount],
+    scratch: &Path,
+    sync_fs: bool,
+) -> Result<Applied> {
+    let digest = blob.digest().to_string();
+    apply_with(blob, compression, mounts, scratch, sync_fs, Some(digest))
+}
+
+fn apply_with<R: Read + Send + 'static>(
+    blob: R,
+    compression: Compression,
+    mounts: &[Mount],
+    scratch: &Path,
+    sync_fs: bool,
+    verified_digest: Option<String>,
+) -> Result<Applied> {
     let target = Target::prepare(mounts, scratch)?;
-    let result = apply_to(blob, compression, &target, sync_fs);
+    let result = apply_to(blob, compression, &target, sync_fs, verified_digest);
     let finished = target.finish();
     let applied = result?;
     finished?;
@@ -127,6 +152,7 @@ fn apply_to<R: Read + Send + 'static>(
     compression: Compression,
     target: &Target,
     sync_fs: bool,
+    verified_digest: Option<String>,
 ) -> Result<Applied> {
     let root = Root::open(&target.root)
         .map_err(|e| Error::io(format!("open {}", target.root.display()), e))?;
@@ -144,7 +170,7 @@ fn apply_to<R: Read + Send + 'static>(
     let (tx, rx) = sync_channel::<Msg>(CHANNEL_DEPTH);
     let decoder = std::thread::Builder::new()
         .name("strata-decode".into())
-        .spawn(move || decode(blob, compression, tx))
+        .spawn(move || decode(blob, compression, tx, verified_digest))
         .map_err(|e| Error::io("start the decoder thread", e))?;
     let unpacked = unpacker.unpack(ChannelReader {
         rx,
@@ -325,12 +351,19 @@ fn fill<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
 /// Sends the uncompressed stream of `r` down `tx`, hashing it. On a read error, `raw` (the
 /// compressed input under `r`) is read to its end so a digest mismatch, the real cause of
 /// corrupt data, is what gets reported.
+///
+/// `known` is the stream's digest when the stream itself is verified as it is read (a plain
+/// layer read through [`Verified`]); it is not hashed again then.
 fn pump<R: Read, B: Read>(
     r: &mut R,
     raw: impl FnOnce(&mut R) -> &mut B,
     tx: &SyncSender<Msg>,
+    known: Option<&str>,
 ) -> Result<(String, u64)> {
-    let mut hasher = Sha256::new();
+    let mut hashing = match known {
+        Some(d) => Hashing::Known(d),
+        None => Hashing::Running(Box::new(Sha256::new())),
+    };
     let mut total = 0u64;
     loop {
         let mut buf = vec![0u8; CHUNK];
@@ -350,13 +383,26 @@ fn pump<R: Read, B: Read>(
             break;
         }
         buf.truncate(n);
-        hasher.update(&buf);
+        if let Hashing::Running(h) = &mut hashing {
+            h.update(&buf);
+        }
         total += n as u64;
         if tx.send(Msg::Data(buf)).is_err() {
             return Err(Error::new(ErrorKind::Aborted, "the unpacker stopped"));
         }
     }
-    Ok((format!("sha256:{}", hex::encode(hasher.finalize())), total))
+    let digest = match hashing {
+        Hashing::Known(d) => d.to_string(),
+        Hashing::Running(h) => format!("sha256:{}", hex::encode(h.finalize())),
+    };
+    Ok((digest, total))
+}
+
+/// Where the uncompressed stream's digest comes from.
+enum Hashing<'a> {
+    /// Already known: the stream is the blob, verified against this digest as it is read.
+    Known(&'a str),
+    Running(Box<Sha256>),
 }
 
 fn drain<B: Read>(b: &mut B) -> Result<()> {
@@ -365,7 +411,12 @@ fn drain<B: Read>(b: &mut B) -> Result<()> {
         .map_err(|e| read_error(e, "reading the layer blob"))
 }
 
-fn decode<R: Read>(blob: R, c: Compression, tx: SyncSender<Msg>) -> Result<(String, u64)> {
+fn decode<R: Read>(
+    blob: R,
+    c: Compression,
+    tx: SyncSender<Msg>,
+    verified_digest: Option<String>,
+) -> Result<(String, u64)> {
     let mut input = BufReader::with_capacity(CHUNK, blob);
     let c = match c {
         Compression::Detect => {
@@ -379,20 +430,20 @@ fn decode<R: Read>(blob: R, c: Compression, tx: SyncSender<Msg>) -> Result<(Stri
     let out = match c {
         Compression::None | Compression::Detect => {
             let mut r = input;
-            let out = pump(&mut r, |r| r, &tx)?;
+            let out = pump(&mut r, |r| r, &tx, verified_digest.as_deref())?;
             drain(&mut r)?;
             out
         }
         Compression::Gzip => {
             let mut r = flate2::bufread::MultiGzDecoder::new(input);
-            let out = pump(&mut r, |r| r.get_mut(), &tx)?;
+            let out = pump(&mut r, |r| r.get_mut(), &tx, None)?;
             drain(r.get_mut())?;
             out
         }
         Compression::Zstd => {
             let mut r = zstd::stream::read::Decoder::with_buffer(input)
                 .map_err(|e| Error::io("start the zstd decoder", e))?;
-            let out = pump(&mut r, |r| r.get_mut(), &tx)?;
+            let out = pump(&mut r, |r| r.get_mut(), &tx, None)?;
             drain(r.get_mut())?;
             out
         }

@@ -251,6 +251,11 @@ impl<R: Read> Verified<R> {
         })
     }
 
+    /// The digest the blob is checked against.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
     fn mismatch(&self, message: String) -> io::Error {
         io::Error::new(io::ErrorKind::InvalidData, Mismatch(message))
     }
