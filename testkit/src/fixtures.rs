@@ -824,26 +824,23 @@ mod tests {
             if e.typeflag == b'5' {
                 dir_times.push((p, t));
             } else {
-                nix::sys::stat::utimensat(
-                    None,
-                    &p,
-                    &t,
-                    &t,
-                    nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-                )
-                .unwrap();
+                set_mtime(&p, t);
             }
         }
         for (p, t) in dir_times {
-            nix::sys::stat::utimensat(
-                None,
-                &p,
-                &t,
-                &t,
-                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-            )
-            .unwrap();
+            set_mtime(&p, t);
         }
+    }
+
+    fn set_mtime(p: &Path, t: nix::sys::time::TimeSpec) {
+        nix::sys::stat::utimensat(
+            None,
+            p,
+            &t,
+            &t,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
     }
 
     fn xattr_set(p: &Path, name: &str, value: &[u8]) {

@@ -41,6 +41,27 @@ pub(crate) struct Header<'a> {
     pub pax: &'a [(String, Vec<u8>)],
 }
 
+impl Header<'static> {
+    /// The header of an extension record (PAX `x`, GNU `L`/`K`): everything but the name,
+    /// type and payload size zero, as Python's tarfile writes them.
+    fn extension(name: &'static [u8], typeflag: u8, size: u64) -> Self {
+        Header {
+            name,
+            typeflag,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            size,
+            mtime: 0,
+            mtime_nanos: 0,
+            linkname: b"",
+            devmajor: 0,
+            devminor: 0,
+            pax: &[],
+        }
+    }
+}
+
 pub(crate) struct TarWriter<W: Write> {
     w: W,
     offset: u64,
@@ -132,20 +153,7 @@ impl<W: Write> TarWriter<W> {
 
         if !pax.is_empty() {
             let records = pax_records(&pax);
-            let xh = Header {
-                name: b"././@PaxHeader",
-                typeflag: b'x',
-                mode: 0,
-                uid: 0,
-                gid: 0,
-                size: records.len() as u64,
-                mtime: 0,
-                mtime_nanos: 0,
-                linkname: b"",
-                devmajor: 0,
-                devminor: 0,
-                pax: &[],
-            };
+            let xh = Header::extension(b"././@PaxHeader", b'x', records.len() as u64);
             let block = encode(&xh, b"././@PaxHeader", b"", POSIX_MAGIC, 0, 0, xh.size, 0);
             self.put(&block)?;
             self.put(&records)?;
@@ -156,20 +164,7 @@ impl<W: Write> TarWriter<W> {
                 if value.len() > 100 {
                     let mut payload = value.to_vec();
                     payload.push(0);
-                    let lh = Header {
-                        name: b"././@LongLink",
-                        typeflag: kind,
-                        mode: 0,
-                        uid: 0,
-                        gid: 0,
-                        size: payload.len() as u64,
-                        mtime: 0,
-                        mtime_nanos: 0,
-                        linkname: b"",
-                        devmajor: 0,
-                        devminor: 0,
-                        pax: &[],
-                    };
+                    let lh = Header::extension(b"././@LongLink", kind, payload.len() as u64);
                     let block = encode(&lh, b"././@LongLink", b"", GNU_MAGIC, 0, 0, lh.size, 0);
                     self.put(&block)?;
                     self.put(&payload)?;

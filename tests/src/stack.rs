@@ -53,6 +53,9 @@ impl StackOptions {
     }
 }
 
+/// What strata-differ logs once per layer it applied (`differ/src/apply.rs`).
+pub const DIFFER_APPLIED_LOG: &str = "strata-differ applied layer";
+
 /// Running plugins and the containerd that uses them. containerd is declared first so it is
 /// stopped first, while the plugins it talks to are still up.
 #[derive(Debug)]
@@ -102,6 +105,20 @@ impl Stack {
             lease: Some(lease.clone()),
         };
         Ok((lease, cx))
+    }
+
+    /// How many layers strata-differ logged as applied so far (0 when it does not run): the
+    /// proof that an unpack went through strata rather than falling through to walking.
+    pub fn differ_applied(&self) -> usize {
+        self.plugins
+            .get(crate::plugins::PluginKind::Differ)
+            .map(|p| {
+                p.log()
+                    .lines()
+                    .filter(|l| l.contains(DIFFER_APPLIED_LOG))
+                    .count()
+            })
+            .unwrap_or(0)
     }
 
     /// Every log tail (containerd's and the plugins'), for assertion messages.

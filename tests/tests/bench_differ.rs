@@ -61,8 +61,6 @@ use strata_testkit::image::Image;
 use strata_tests::{PluginKind, PluginSet, Stack, StackOptions, Version, unique_name};
 
 const SNAPSHOTTER: &str = "overlayfs";
-/// What strata-differ logs once per layer it applied.
-const APPLIED: &str = "strata-differ applied layer";
 const DEFAULT_FIXTURES: &str = "mixed:gzip,mixed:zstd,smallfiles:gzip,smallfiles:zstd,\
                                 smallfiles:none,bigfiles:gzip,bigfiles:zstd,bigfiles:none";
 
@@ -120,14 +118,6 @@ fn reset_hwm(pid: u32) {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
 }
 
-fn differ_applied(stack: &Stack) -> usize {
-    stack
-        .plugins
-        .get(PluginKind::Differ)
-        .map(|p| p.log().lines().filter(|l| l.contains(APPLIED)).count())
-        .unwrap_or(0)
-}
-
 #[derive(Default)]
 struct Figures {
     apply: Vec<f64>,
@@ -175,7 +165,7 @@ impl Target {
     fn unpack(&self, rt: &tokio::runtime::Runtime, image: &Image, round: usize, f: &mut Figures) {
         let ctd = &self.stack.containerd;
         let cx = &self.cx;
-        let before = differ_applied(&self.stack);
+        let before = self.stack.differ_applied();
         let tag = unique_name(&format!("r{round}"));
         let committed = rt.block_on(async {
             let ch = unix_channel(ctd.socket());
@@ -276,7 +266,7 @@ impl Target {
         });
         if self.differ_pid.is_some() {
             assert_eq!(
-                differ_applied(&self.stack) - before,
+                self.stack.differ_applied() - before,
                 image.layers().len(),
                 "every layer must be applied by strata-differ, not walking"
             );

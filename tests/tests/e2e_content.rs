@@ -149,7 +149,8 @@ fn import(stack: &Stack, image: &Image, content_root: &Path) {
     }
 }
 
-fn content_store(version: Version) {
+/// containerd with strata-content as its only content store, and strata-content's root.
+fn content_stack(version: Version) -> (Stack, PathBuf) {
     let options = StackOptions {
         start: CONTENT_ONLY,
         wire: CONTENT_ONLY,
@@ -160,13 +161,18 @@ fn content_store(version: Version) {
         extra_toml: GC_ONLY_ON_DEMAND.to_string(),
     };
     let stack = Stack::start(version, &options).expect("starting strata-content and containerd");
-    let ctd = &stack.containerd;
     let content_root = stack
         .plugins
         .get(PluginKind::Content)
         .expect("content plugin started")
         .root()
         .to_path_buf();
+    (stack, content_root)
+}
+
+fn content_store(version: Version) {
+    let (stack, content_root) = content_stack(version);
+    let ctd = &stack.containerd;
     eprintln!(
         "containerd {} in {}, strata-content root {}",
         ctd.release(),
@@ -355,20 +361,8 @@ impl Drop for Registry {
 /// Push reads every blob back out of strata; pull (after GC emptied strata) writes them in
 /// again, and the pulled image runs.
 fn registry_push_pull(version: Version) {
-    let options = StackOptions {
-        start: CONTENT_ONLY,
-        wire: CONTENT_ONLY,
-        disabled_plugins: Vec::new(),
-        extra_toml: GC_ONLY_ON_DEMAND.to_string(),
-    };
-    let stack = Stack::start(version, &options).expect("starting strata-content and containerd");
+    let (stack, content_root) = content_stack(version);
     let ctd = &stack.containerd;
-    let content_root = stack
-        .plugins
-        .get(PluginKind::Content)
-        .expect("content plugin started")
-        .root()
-        .to_path_buf();
     let registry = Registry::start(ctd.dir().path());
     let image = strata_testkit::fixtures::busybox(Compression::Gzip).unwrap();
     let archive = ctd.dir().path().join("busybox.tar");

@@ -22,21 +22,7 @@ use strata_testkit::fixtures;
 use strata_testkit::image::{Image, ImageBuilder};
 use strata_testkit::layer::Layer;
 use strata_testkit::tree::{Compare, Tree, assert_trees_equal_with, dir, file, snapshot, symlink};
-use strata_tests::{PluginKind, PluginSet, Stack, StackOptions, Version, unique_name};
-
-/// What strata-differ logs once per layer it applied.
-const APPLIED: &str = "strata-differ applied layer";
-
-fn applied(stack: &Stack) -> usize {
-    stack
-        .plugins
-        .get(PluginKind::Differ)
-        .expect("differ running")
-        .log()
-        .lines()
-        .filter(|l| l.contains(APPLIED))
-        .count()
-}
+use strata_tests::{PluginSet, Stack, StackOptions, Version, unique_name};
 
 /// Unmounts its target when dropped, so a failed assertion leaves nothing mounted.
 struct Mounted(PathBuf);
@@ -151,9 +137,9 @@ fn chain_imports_unpack_through_strata(version: Version, extra: &[&str]) -> Stac
     .expect("starting a walking-only containerd");
     let stack = Stack::start(version, &StackOptions::smoke()).expect("starting the stack");
     for image in fixtures_for_test() {
-        let before = applied(&stack);
+        let before = stack.differ_applied();
         import(&stack, &image, extra);
-        let n = applied(&stack) - before;
+        let n = stack.differ_applied() - before;
         assert_eq!(
             n,
             image.layers().len(),
@@ -170,9 +156,13 @@ fn chain_imports_unpack_through_strata(version: Version, extra: &[&str]) -> Stac
 
     // Fall-through: nothing counted, walking unpacked it, the tree is still right.
     let enc = unknown_type_image();
-    let before = applied(&stack);
+    let before = stack.differ_applied();
     import(&stack, &enc, extra);
-    assert_eq!(applied(&stack), before, "strata must not apply +unknown");
+    assert_eq!(
+        stack.differ_applied(),
+        before,
+        "strata must not apply +unknown"
+    );
     assert_unpacked(&stack, &enc, "overlayfs");
 
     let busybox = &fixtures_for_test()[0];
@@ -200,10 +190,10 @@ fn imports_unpack_through_strata_containerd_2() {
 
     // The transfer service: `unpack_config` names strata-diff for the strata snapshotter.
     let image = fixtures::mixed(Compression::Gzip).expect("mixed gzip");
-    let before = applied(&stack);
+    let before = stack.differ_applied();
     import(&stack, &image, &["--snapshotter", "strata"]);
     assert_eq!(
-        applied(&stack) - before,
+        stack.differ_applied() - before,
         image.layers().len(),
         "transfer unpack into strata must use strata-diff\n{}",
         stack.log_tails()
