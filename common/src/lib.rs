@@ -12,5 +12,6 @@ pub mod mount;
 pub mod namespace;
 pub mod serve;
 pub mod telemetry;
+pub mod time;
 
 pub use error::{Error, Result};

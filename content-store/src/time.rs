@@ -1,26 +1,9 @@
-//! Time conversions: protobuf timestamps, the nanosecond integers stored on disk, and the
-//! RFC 3339 text used in messages.
+//! Time conversions: the shared ones from `strata_common::time`, and the RFC 3339 text used
+//! in messages.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Nanoseconds since the epoch (0 for times before it, which nothing here produces).
-pub fn to_nanos(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-pub fn from_nanos(n: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_nanos(u64::try_from(n).unwrap_or(0))
-}
-
-pub fn to_timestamp(t: SystemTime) -> prost_types::Timestamp {
-    let n = to_nanos(t);
-    prost_types::Timestamp {
-        seconds: n.div_euclid(1_000_000_000),
-        nanos: i32::try_from(n.rem_euclid(1_000_000_000)).unwrap_or(0),
-    }
-}
+pub use strata_common::time::{from_nanos, to_nanos, to_timestamp};
 
 /// `2026-11-22T23:22:42.123456789Z`, for error messages (no date crate needed for one format).
 pub fn rfc3339(t: SystemTime) -> String {
@@ -54,19 +37,12 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn formats_known_instants() {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000000000Z");
         let t = UNIX_EPOCH + Duration::new(1_709_251_199, 5);
         assert_eq!(rfc3339(t), "2024-02-29T23:59:59.000000005Z");
-    }
-
-    #[test]
-    fn nanos_round_trip() {
-        let t = UNIX_EPOCH + Duration::new(1_800_000_000, 123);
-        assert_eq!(from_nanos(to_nanos(t)), t);
-        let ts = to_timestamp(t);
-        assert_eq!((ts.seconds, ts.nanos), (1_800_000_000, 123));
     }
 }

@@ -13,7 +13,9 @@
 //! begins and ends so directory renames can sit between the row change and the commit.
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
+
+use strata_common::time::{from_nanos, to_nanos};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use strata_common::fieldpath::{UpdateTarget, apply_label_update, validate_labels};
@@ -127,16 +129,6 @@ pub fn open(path: &std::path::Path) -> Result<Connection> {
 
 fn db<S: Into<String>>(what: S) -> impl FnOnce(rusqlite::Error) -> Error {
     move |e| Error::internal(format!("{}: {e}", what.into())).with_source(e)
-}
-
-fn to_nanos(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-fn from_nanos(n: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_nanos(u64::try_from(n).unwrap_or(0))
 }
 
 fn encode_labels(labels: &BTreeMap<String, String>) -> Result<String> {
@@ -561,6 +553,7 @@ pub fn write<T>(conn: &mut Connection, f: impl FnOnce(&Connection) -> Result<T>)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use strata_common::error::ErrorKind;
 
     fn store() -> (tempfile::TempDir, Connection) {

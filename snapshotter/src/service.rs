@@ -4,8 +4,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use strata_common::time::to_timestamp;
 use strata_common::{Error, Result};
 use strata_proto::snapshots as pb;
 use strata_proto::snapshots::snapshots_server::Snapshots;
@@ -68,14 +68,6 @@ fn mounts(ms: Vec<Mount>) -> Vec<types::Mount> {
         .collect()
 }
 
-fn timestamp(t: SystemTime) -> prost_types::Timestamp {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    prost_types::Timestamp {
-        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
-    }
-}
-
 fn kind(k: Kind) -> pb::Kind {
     match k {
         Kind::View => pb::Kind::View,
@@ -90,8 +82,8 @@ pub fn info_to_proto(i: Info) -> pb::Info {
         name: i.name,
         parent: i.parent,
         kind: kind(i.kind) as i32,
-        created_at: Some(timestamp(i.created)),
-        updated_at: Some(timestamp(i.updated)),
+        created_at: Some(to_timestamp(i.created)),
+        updated_at: Some(to_timestamp(i.updated)),
         labels: i.labels.into_iter().collect(),
     }
 }
