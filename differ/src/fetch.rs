@@ -132,6 +132,34 @@ impl Fetcher {
         }
     }
 
+    /// The context to write a Diff result in: the caller's when it names a namespace, else
+    /// the configured fallback, else containerd's only namespace. With several and no
+    /// fallback there is no telling whose diff this is: Unimplemented, so containerd's next
+    /// differ (walking, which does know) makes it.
+    pub async fn namespace_for_write(&self, ctx: &RequestContext) -> Result<RequestContext> {
+        if ctx.namespace.is_some() {
+            return Ok(ctx.clone());
+        }
+        let with = |ns: &str| RequestContext {
+            namespace: Some(ns.to_string()),
+            lease: ctx.lease.clone(),
+        };
+        if let Some(ns) = &self.fallback_namespace {
+            return Ok(with(ns));
+        }
+        match self.list_namespaces().await {
+            Ok(names) if names.len() == 1 => Ok(with(&names[0])),
+            Ok(names) => Err(Error::unimplemented(format!(
+                "the diff request names no namespace and containerd has {} ({names:?}); \
+                 set the differ's fallback_namespace to make such diffs here",
+                names.len()
+            ))),
+            // A content service without namespaces (strata-content) needs none.
+            Err(e) if e.is(ErrorKind::Unimplemented) => Ok(ctx.clone()),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn list_namespaces(&self) -> Result<Vec<String>> {
         let mut grpc = tonic::client::Grpc::new(self.channel.clone());
         grpc.ready()

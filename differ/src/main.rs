@@ -5,7 +5,7 @@ use clap::Parser;
 use strata_common::cli::ServerArgs;
 use strata_common::client::unix_channel;
 use strata_differ::config::{Config, NAME};
-use strata_differ::{Applier, DiffService, Fetcher, SERVICE_NAME};
+use strata_differ::{Applier, Comparer, DiffService, Fetcher, SERVICE_NAME, Uploader};
 
 /// containerd proxy differ (Apply and Diff of tar layers).
 #[derive(Parser, Debug)]
@@ -25,8 +25,6 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     let (content_address, fallback_namespace) = (args.content_address, args.fallback_namespace);
-    // Diff (mounts -> layer) answers Unimplemented for now, so containerd's chain moves on to
-    // walking for it; Apply is served.
     strata_common::app::run(
         &format!("strata-{NAME}"),
         &args.server,
@@ -43,9 +41,15 @@ fn main() -> ExitCode {
         |config| {
             // Lazy: the differ starts before containerd's socket exists.
             let channel = unix_channel(&config.differ.content_address);
-            let fetcher = Fetcher::new(channel, config.differ.fallback_namespace.clone());
-            let applier = Applier::new(fetcher, config.server.root.join("mounts"));
-            let service = DiffService::new(applier).into_server();
+            let fetcher = Fetcher::new(channel.clone(), config.differ.fallback_namespace.clone());
+            let scratch = config.server.root.join("mounts");
+            let comparer = Comparer::new(
+                fetcher.clone(),
+                Uploader::new(channel.clone()),
+                scratch.clone(),
+            );
+            let applier = Applier::new(fetcher, scratch);
+            let service = DiffService::new(applier, comparer).into_server();
             Ok(Box::new(move |router| router.add_service(service)))
         },
     )

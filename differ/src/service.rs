@@ -1,7 +1,7 @@
 //! containerd's `containerd.services.diff.v1.Diff` over gRPC: requests to [`Applier`] calls,
 //! errors to the codes containerd branches on.
 
-use strata_common::error::Error;
+use strata_common::error::{Error, ErrorKind};
 use strata_common::namespace::RequestContext;
 use strata_proto::diff::diff_server::{Diff, DiffServer};
 use strata_proto::diff::{ApplyRequest, ApplyResponse, DiffRequest, DiffResponse};
@@ -9,15 +9,17 @@ use tonic::{Request, Response, Status};
 use tracing::warn;
 
 use crate::apply::Applier;
+use crate::compare::Comparer;
 
 #[derive(Clone, Debug)]
 pub struct DiffService {
     applier: Applier,
+    comparer: Comparer,
 }
 
 impl DiffService {
-    pub fn new(applier: Applier) -> DiffService {
-        DiffService { applier }
+    pub fn new(applier: Applier, comparer: Comparer) -> DiffService {
+        DiffService { applier, comparer }
     }
 
     pub fn into_server(self) -> DiffServer<DiffService> {
@@ -51,8 +53,21 @@ impl Diff for DiffService {
         }
     }
 
-    async fn diff(&self, _request: Request<DiffRequest>) -> Result<Response<DiffResponse>, Status> {
-        // containerd moves on to its next differ (walking) on Unimplemented.
-        Err(Error::unimplemented("strata-differ does not compute diffs yet").into())
+    async fn diff(&self, request: Request<DiffRequest>) -> Result<Response<DiffResponse>, Status> {
+        let ctx = RequestContext::from_metadata(request.metadata())?;
+        let req = request.into_inner();
+        let media_type = req.media_type.clone();
+        match self.comparer.compare(&ctx, req).await {
+            Ok(c) => Ok(Response::new(DiffResponse {
+                diff: Some(c.descriptor),
+            })),
+            Err(e) => {
+                // Unimplemented is containerd's cue to try its next differ: not a failure.
+                if !e.is(ErrorKind::Unimplemented) {
+                    warn!(media_type = %media_type, error = %e.chain(), "diff failed");
+                }
+                Err(e.into())
+            }
+        }
     }
 }

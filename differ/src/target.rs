@@ -64,6 +64,35 @@ impl Target {
     }
 }
 
+/// `mounts` changed to mount read-only, as containerd's `WithReadonlyTempMount` does: an
+/// overlay's upperdir becomes its top lowerdir (and its workdir goes), others get `ro`.
+pub fn readonly(mounts: &[Mount]) -> Vec<Mount> {
+    mounts
+        .iter()
+        .map(|m| {
+            let mut m = m.clone();
+            if m.r#type == "overlay" {
+                let upper = m
+                    .options
+                    .iter()
+                    .find_map(|o| o.strip_prefix("upperdir=").map(str::to_string));
+                if let Some(upper) = upper {
+                    m.options
+                        .retain(|o| !o.starts_with("upperdir=") && !o.starts_with("workdir="));
+                    match m.options.iter_mut().find(|o| o.starts_with("lowerdir=")) {
+                        Some(l) => *l = format!("lowerdir={upper}:{}", &l["lowerdir=".len()..]),
+                        None => m.options.push(format!("lowerdir={upper}")),
+                    }
+                }
+            } else {
+                m.options.retain(|o| o != "rw");
+                m.options.push("ro".to_string());
+            }
+            m
+        })
+        .collect()
+}
+
 fn overlay_upper(options: &[String]) -> Option<Target> {
     let mut upper = None;
     let mut lowers = Vec::new();
@@ -96,13 +125,18 @@ fn overlay_upper(options: &[String]) -> Option<Target> {
 
 /// Mounts stacked on a private directory, undone on drop.
 #[derive(Debug)]
-struct TempMount {
+pub(crate) struct TempMount {
     dir: PathBuf,
     mounted: usize,
 }
 
 impl TempMount {
-    fn mount(mounts: &[Mount], scratch: &Path) -> Result<TempMount> {
+    /// Where the mounts are.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub(crate) fn mount(mounts: &[Mount], scratch: &Path) -> Result<TempMount> {
         std::fs::create_dir_all(scratch)
             .map_err(|e| Error::io(format!("create {}", scratch.display()), e))?;
         let dir = tempfile::Builder::new()
@@ -123,7 +157,7 @@ impl TempMount {
         Ok(tm)
     }
 
-    fn unmount(mut self) -> Result<()> {
+    pub(crate) fn unmount(mut self) -> Result<()> {
         let r = self.undo();
         std::mem::forget(self);
         r
@@ -191,6 +225,20 @@ mod tests {
                 opaque_xattr: whiteout::USER_OPAQUE
             }
         );
+    }
+
+    #[test]
+    fn readonly_as_containerd_makes_it() {
+        let ro = readonly(&[
+            mount(
+                "overlay",
+                "overlay",
+                &["index=off", "workdir=/w", "upperdir=/u", "lowerdir=/l1:/l2"],
+            ),
+            mount("bind", "/s", &["rbind", "rw"]),
+        ]);
+        assert_eq!(ro[0].options, ["index=off", "lowerdir=/u:/l1:/l2"]);
+        assert_eq!(ro[1].options, ["rbind", "ro"]);
     }
 
     #[test]

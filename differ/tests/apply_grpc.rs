@@ -13,7 +13,7 @@ use std::time::Duration;
 use strata_common::client::unix_channel;
 use strata_common::namespace::NAMESPACE_HEADER;
 use strata_common::serve::{Listener, Running, spawn};
-use strata_differ::{Applier, DiffService, Fetcher, SERVICE_NAME};
+use strata_differ::{Applier, Comparer, DiffService, Fetcher, SERVICE_NAME, Uploader};
 use strata_proto::content::content_server::{Content, ContentServer};
 use strata_proto::content::*;
 use strata_proto::diff::diff_client::DiffClient;
@@ -177,11 +177,14 @@ async fn start(content: FakeContent, fallback: Option<&str>) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let content_sock = dir.path().join("content.sock");
     let differ_sock = dir.path().join("differ.sock");
-    let applier = Applier::new(
-        Fetcher::new(unix_channel(&content_sock), fallback.map(str::to_string)),
+    let fetcher = Fetcher::new(unix_channel(&content_sock), fallback.map(str::to_string));
+    let comparer = Comparer::new(
+        fetcher.clone(),
+        Uploader::new(unix_channel(&content_sock)),
         dir.path().join("scratch"),
     );
-    let svc = DiffService::new(applier).into_server();
+    let applier = Applier::new(fetcher, dir.path().join("scratch"));
+    let svc = DiffService::new(applier, comparer).into_server();
     let s1 = serve(
         Listener::bind(&differ_sock, 0o600, None).unwrap(),
         move |r| r.add_service(svc),
@@ -325,12 +328,25 @@ async fn unknown_media_types_fall_through_without_reading() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
     assert!(env.content.calls.lock().unwrap().is_empty());
+    // Diff too: an output type strata does not write goes to the next differ, before any
+    // mount or content call.
+    let err = env
+        .client
+        .diff(Request::new(DiffRequest {
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip+encrypted".into(),
+            right: vec![bind(target.path())],
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
     let err = env
         .client
         .diff(Request::new(DiffRequest::default()))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(env.content.calls.lock().unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

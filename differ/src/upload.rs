@@ -1,0 +1,314 @@
+//! A Diff result written through a content gRPC service (containerd's own, so that its
+//! metadata knows the blob), as containerd's `content.Writer` does: one Write stream opened
+//! with a STAT of the ref, WRITEs of 1 MiB, a COMMIT with size, digest and labels.
+//!
+//! The WRITEs are sent from the blocking thread that makes the layer ([`BlobSink`]) while the
+//! async side reads the server's replies ([`PendingWrite`]), so no write waits for a round
+//! trip.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::io::{self, Write};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+use strata_common::error::{Error, ErrorKind, Result};
+use strata_common::namespace::RequestContext;
+use strata_proto::content::content_client::ContentClient;
+use strata_proto::content::{
+    AbortRequest, Info, InfoRequest, UpdateRequest, WriteAction, WriteContentRequest,
+    WriteContentResponse,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+use tonic::transport::Channel;
+
+/// Bytes per WRITE message (containerd's own writers send up to 1 MiB).
+const MESSAGE: usize = 1 << 20;
+const MAX_MESSAGE: usize = 16 << 20;
+/// WRITE messages in flight between the layer thread and the gRPC stream.
+const IN_FLIGHT: usize = 4;
+
+/// The label containerd keeps a compressed layer's diffID in.
+pub const UNCOMPRESSED_LABEL: &str = "containerd.io/uncompressed";
+/// The label that lets containerd's GC drop a lease at a time.
+const EXPIRE_LABEL: &str = "containerd.io/gc.expire";
+/// How long a lease strata takes for a Diff result protects it (the Go client's default).
+const LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// containerd's leases API, declared by hand: only `Create` is needed.
+mod leases {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct CreateRequest {
+        #[prost(string, tag = "1")]
+        pub id: String,
+        #[prost(map = "string, string", tag = "3")]
+        pub labels: std::collections::HashMap<String, String>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Lease {
+        #[prost(string, tag = "1")]
+        pub id: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct CreateResponse {
+        #[prost(message, optional, tag = "1")]
+        pub lease: Option<Lease>,
+    }
+
+    pub const CREATE_PATH: &str = "/containerd.services.leases.v1.Leases/Create";
+}
+
+/// A name nothing else uses: time, process and a random part.
+pub fn unique_id(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(nanos);
+    format!(
+        "{prefix}-{nanos}-{}-{:06x}",
+        std::process::id(),
+        h.finish() & 0xff_ffff
+    )
+}
+
+/// Writes blobs into a content service.
+#[derive(Clone, Debug)]
+pub struct Uploader {
+    channel: Channel,
+}
+
+impl Uploader {
+    pub fn new(channel: Channel) -> Uploader {
+        Uploader { channel }
+    }
+
+    fn client(&self) -> ContentClient<Channel> {
+        ContentClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
+    }
+
+    /// `ctx` with a lease: the caller's, or a new one that expires in a day, so the blob is
+    /// not collected before whoever asked for the diff references it. A content service
+    /// without leases (strata-content itself) gets `ctx` unchanged.
+    pub async fn leased(&self, ctx: &RequestContext) -> Result<RequestContext> {
+        if ctx.lease.is_some() {
+            return Ok(ctx.clone());
+        }
+        let id = unique_id("strata-diff");
+        let expire = strata_common::time::to_rfc3339(SystemTime::now() + LEASE_TTL);
+        let req = ctx.request(leases::CreateRequest {
+            id: id.clone(),
+            labels: HashMap::from([(EXPIRE_LABEL.to_string(), expire)]),
+        })?;
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+        grpc.ready()
+            .await
+            .map_err(|e| Error::unavailable(format!("content service: {e}")))?;
+        let codec =
+            tonic_prost::ProstCodec::<leases::CreateRequest, leases::CreateResponse>::default();
+        let path = http::uri::PathAndQuery::from_static(leases::CREATE_PATH);
+        match grpc.unary(req, path, codec).await {
+            Ok(_) => Ok(RequestContext {
+                namespace: ctx.namespace.clone(),
+                lease: Some(id),
+            }),
+            Err(s) if s.code() == tonic::Code::Unimplemented => Ok(ctx.clone()),
+            Err(s) => {
+                let e = Error::from_status(&s);
+                Err(Error::new(
+                    e.kind(),
+                    format!("create a lease for the diff: {}", e.message()),
+                ))
+            }
+        }
+    }
+
+    /// Opens the ingest `r#ref`: fails (Unavailable) when another writer holds it.
+    pub async fn open(
+        &self,
+        ctx: &RequestContext,
+        r#ref: &str,
+    ) -> Result<(BlobSink, PendingWrite)> {
+        let (tx, rx) = mpsc::channel(IN_FLIGHT);
+        tx.send(WriteContentRequest {
+            action: WriteAction::Stat as i32,
+            r#ref: r#ref.to_string(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|_| Error::internal("write stream closed before it opened"))?;
+        let req = ctx.request(ReceiverStream::new(rx))?;
+        let mut responses = self
+            .client()
+            .write(req)
+            .await
+            .map_err(|s| Error::from_status(&s))?
+            .into_inner();
+        match responses.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(Error::unavailable("content service ended the write stream")),
+            Err(s) => return Err(Error::from_status(&s)),
+        }
+        Ok((
+            BlobSink {
+                tx,
+                buf: Vec::with_capacity(MESSAGE),
+                offset: 0,
+                hasher: Sha256::new(),
+            },
+            PendingWrite { responses },
+        ))
+    }
+
+    pub async fn info(&self, ctx: &RequestContext, digest: &str) -> Result<Info> {
+        let req = ctx.request(InfoRequest {
+            digest: digest.to_string(),
+        })?;
+        let resp = self
+            .client()
+            .info(req)
+            .await
+            .map_err(|s| Error::from_status(&s))?;
+        resp.into_inner()
+            .info
+            .ok_or_else(|| Error::internal(format!("no info for {digest}")))
+    }
+
+    /// Sets one label of a blob, leaving the others alone.
+    pub async fn set_label(
+        &self,
+        ctx: &RequestContext,
+        mut info: Info,
+        key: &str,
+        value: &str,
+    ) -> Result<()> {
+        info.labels.insert(key.to_string(), value.to_string());
+        let req = ctx.request(UpdateRequest {
+            info: Some(info),
+            update_mask: Some(strata_proto::prost_types::FieldMask {
+                paths: vec![format!("labels.{key}")],
+            }),
+        })?;
+        self.client()
+            .update(req)
+            .await
+            .map(drop)
+            .map_err(|s| Error::from_status(&s))
+    }
+
+    pub async fn abort(&self, ctx: &RequestContext, r#ref: &str) -> Result<()> {
+        let req = ctx.request(AbortRequest {
+            r#ref: r#ref.to_string(),
+        })?;
+        self.client()
+            .abort(req)
+            .await
+            .map(drop)
+            .map_err(|s| Error::from_status(&s))
+    }
+}
+
+/// The writing end of an ingest, used from a blocking thread: bytes written become WRITE
+/// messages; [`BlobSink::commit`] sends the COMMIT.
+pub struct BlobSink {
+    tx: mpsc::Sender<WriteContentRequest>,
+    buf: Vec<u8>,
+    offset: u64,
+    hasher: Sha256,
+}
+
+/// What was committed: the blob's digest and size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    pub digest: String,
+    pub size: u64,
+}
+
+impl BlobSink {
+    fn send(&mut self, req: WriteContentRequest) -> io::Result<()> {
+        self.tx
+            .blocking_send(req)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the write stream closed"))
+    }
+
+    fn send_buffered(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(MESSAGE));
+        let req = WriteContentRequest {
+            action: WriteAction::Write as i32,
+            // The first WRITE at offset 0 truncates an ingest left under a reused ref.
+            offset: self.offset as i64,
+            ..Default::default()
+        };
+        self.offset += data.len() as u64;
+        self.send(WriteContentRequest { data, ..req })
+    }
+
+    /// Sends what is buffered and the COMMIT (size, digest, `labels`).
+    pub fn commit(mut self, labels: HashMap<String, String>) -> io::Result<Committed> {
+        self.send_buffered()?;
+        let digest = format!("sha256:{}", hex::encode(self.hasher.clone().finalize()));
+        let size = self.offset;
+        self.send(WriteContentRequest {
+            action: WriteAction::Commit as i32,
+            // COMMIT at offset 0 would truncate: give the current one.
+            offset: size as i64,
+            total: size as i64,
+            expected: digest.clone(),
+            labels,
+            ..Default::default()
+        })?;
+        Ok(Committed { digest, size })
+    }
+}
+
+impl Write for BlobSink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(MESSAGE - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        self.hasher.update(&data[..n]);
+        if self.buf.len() == MESSAGE {
+            self.send_buffered()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The replies of an open ingest.
+pub struct PendingWrite {
+    responses: Streaming<WriteContentResponse>,
+}
+
+impl PendingWrite {
+    /// Waits for the COMMIT's reply. AlreadyExists (the blob was there) is an error here for
+    /// the caller to accept; a stream that ends without a COMMIT means the writing side gave
+    /// up (its error says why).
+    pub async fn committed(mut self) -> Result<WriteContentResponse> {
+        loop {
+            match self.responses.message().await {
+                Ok(Some(r)) if r.action == WriteAction::Commit as i32 => return Ok(r),
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    return Err(Error::new(
+                        ErrorKind::Aborted,
+                        "the write stream ended without a commit",
+                    ));
+                }
+                Err(s) => return Err(Error::from_status(&s)),
+            }
+        }
+    }
+}
