@@ -19,7 +19,7 @@ use strata_proto::content::content_client::ContentClient;
 use strata_proto::content::{InfoRequest, ReadContentRequest, ReadContentResponse};
 use tonic::Streaming;
 use tonic::transport::Channel;
-use tracing::debug;
+use tracing::{debug, info};
 
 /// Largest message accepted from the content service (containerd sends 1 MiB).
 const MAX_MESSAGE: usize = 16 << 20;
@@ -148,7 +148,10 @@ impl Fetcher {
             return Ok(with(ns));
         }
         match self.list_namespaces().await {
-            Ok(names) if names.len() == 1 => Ok(with(&names[0])),
+            Ok(names) if names.len() == 1 => {
+                info!(namespace = %names[0], "no namespace in the diff request; using containerd's only one");
+                Ok(with(&names[0]))
+            }
             Ok(names) => Err(Error::unimplemented(format!(
                 "the diff request names no namespace and containerd has {} ({names:?}); \
                  set the differ's fallback_namespace to make such diffs here",

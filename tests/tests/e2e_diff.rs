@@ -1,0 +1,376 @@
+//! strata-differ's Diff behind a private containerd 1.7 and 2.x: `ctr snapshots diff` of a
+//! changed snapshot goes through strata-diff (counted in its log), the layer lands in
+//! containerd's content store labelled with its diffID, and layers cross over: one made by
+//! strata, applied by containerd's walking differ, rebuilds the changed tree, and one made by
+//! walking, applied by strata, does too.
+//!
+//! Needs root, runc, busybox-static and the plugin binaries (`cargo build --workspace --bins`).
+
+use std::ffi::OsStr;
+use std::path::PathBuf;
+use std::process::Command;
+
+use strata_testkit::Compression;
+use strata_testkit::fixtures;
+use strata_testkit::image::{Image, ImageBuilder};
+use strata_testkit::layer::{Blob, Layer};
+use strata_testkit::tree::{
+    Change, Compare, Tree, apply, assert_trees_equal_with, char_dev, chmod, dir, fifo, file,
+    file_mode, hardlink, owner, remove, snapshot, symlink, xattr,
+};
+use strata_tests::{PluginSet, Stack, StackOptions, Version, unique_name};
+
+/// What strata-differ logs once per layer it made (`differ/src/compare.rs`).
+const DIFFER_MADE_LOG: &str = "strata-differ made a layer";
+
+const GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+const ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+const PLAIN: &str = "application/vnd.oci.image.layer.v1.tar";
+
+fn made(stack: &Stack) -> usize {
+    stack
+        .plugins
+        .get(strata_tests::PluginKind::Differ)
+        .map(|p| p.log().matches(DIFFER_MADE_LOG).count())
+        .unwrap_or(0)
+}
+
+/// Unmounts its target when dropped, so a failed assertion leaves nothing mounted.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn import(stack: &Stack, image: &Image, extra: &[&str]) {
+    let archive = stack
+        .containerd
+        .dir()
+        .path()
+        .join(format!("{}.tar", unique_name("img")));
+    image.write_archive(&archive).expect("writing the archive");
+    let mut args: Vec<&OsStr> = vec![OsStr::new("images"), OsStr::new("import")];
+    args.extend(extra.iter().map(OsStr::new));
+    args.push(archive.as_os_str());
+    stack.containerd.ctr_ok(&args);
+}
+
+/// Runs `ctr snapshots <verb> -t DIR key parent` and mounts what it prints.
+fn mount_snapshot(
+    stack: &Stack,
+    snapshotter: &str,
+    verb: &str,
+    key: &str,
+    parent: &str,
+) -> Mounted {
+    let target = stack.containerd.dir().path().join(unique_name("mnt"));
+    std::fs::create_dir_all(&target).expect("mount point");
+    let line = stack.containerd.ctr_ok(&[
+        "snapshots",
+        "--snapshotter",
+        snapshotter,
+        verb,
+        "-t",
+        target.to_str().expect("utf-8 path"),
+        key,
+        parent,
+    ]);
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(line.trim())
+        .status()
+        .expect("running mount");
+    assert!(status.success(), "{line} failed: {status}");
+    Mounted(target)
+}
+
+/// Mounts the active snapshot `key` again (its mounts, as `ctr snapshots mounts` prints them).
+fn mount_active(stack: &Stack, snapshotter: &str, key: &str) -> Mounted {
+    let target = stack.containerd.dir().path().join(unique_name("mnt"));
+    std::fs::create_dir_all(&target).expect("mount point");
+    let line = stack.containerd.ctr_ok(&[
+        "snapshots",
+        "--snapshotter",
+        snapshotter,
+        "mounts",
+        target.to_str().expect("utf-8 path"),
+        key,
+    ]);
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(line.trim())
+        .status()
+        .expect("running mount");
+    assert!(status.success(), "{line} failed: {status}");
+    Mounted(target)
+}
+
+/// A version-2 `security.capability` granting CAP_NET_RAW.
+fn cap_net_raw() -> Vec<u8> {
+    let mut v = vec![0u8; 20];
+    v[0..4].copy_from_slice(&0x0200_0001u32.to_le_bytes());
+    v[4..8].copy_from_slice(&(1u32 << 13).to_le_bytes());
+    v
+}
+
+/// What a container might do to mixed's tree: add, modify, delete (files and whole
+/// directories), empty a directory and refill it, change modes, owners, capabilities and
+/// symlinks, link.
+fn container_changes() -> Vec<Change> {
+    vec![
+        dir("app", 0o755),
+        file("app/config", "port=8080\n"),
+        file_mode("app/run", "#!/bin/sh\n", 0o4755),
+        hardlink("app/run-again", "app/run"),
+        symlink("app/current", "config"),
+        fifo("app/pipe"),
+        char_dev("app/null", 1, 3),
+        file("etc/config", "key=changed\n"),
+        remove("keep"),
+        remove("data/file-2"),
+        dir("empty3/a/b/c", 0o700),
+        file("empty3/a/b/c/f", "f"),
+        chmod("empty2", 0o711),
+        remove("links/rel"),
+        symlink("links/rel", "../etc/elsewhere"),
+        // Removed and made again: overlay marks the new directory opaque.
+        remove("opq"),
+        dir("opq", 0o755),
+        file("opq/only", "the only one left"),
+        owner("etc/config", 10, 20),
+        file("bin-ping", "ping").xattr("security.capability", cap_net_raw()),
+        xattr("etc", "user.note", "dropped by layers, as walking drops it"),
+    ]
+}
+
+/// Layers keep only `security.capability`, directories a later change touched get new times,
+/// and through overlay a hard link keeps its lower link count.
+fn layer_compare() -> Compare {
+    Compare::strict()
+        .ignore_root()
+        .ignore_dir_mtimes()
+        .ignore_hardlinks()
+        .ignore_xattr("user.")
+        .ignore_xattr("trusted.")
+}
+
+/// Prepares a snapshot on `base`'s top layer in `snapshotter`, makes `container_changes` in
+/// it, and returns its key and the tree it now shows.
+fn changed_snapshot(stack: &Stack, snapshotter: &str, base: &Image) -> (String, Tree) {
+    let top = base.chain_ids().last().cloned().expect("a layer");
+    let key = unique_name("work");
+    {
+        let m = mount_snapshot(stack, snapshotter, "prepare", &key, &top);
+        apply(&m.0, &container_changes()).expect("changing the snapshot");
+    }
+    let m = mount_active(stack, snapshotter, &key);
+    let tree = snapshot(&m.0).expect("reading the changed snapshot");
+    (key, tree)
+}
+
+/// `ctr snapshots diff` of `key` against its parent: the layer (ctr prints the blob it got
+/// back from the content store) and its digest.
+fn ctr_diff(stack: &Stack, snapshotter: &str, key: &str, media_type: &str) -> (String, Vec<u8>) {
+    let out = stack.containerd.ctr(&[
+        "snapshots",
+        "--snapshotter",
+        snapshotter,
+        "diff",
+        "--keep",
+        "--media-type",
+        media_type,
+        "--label",
+        "strata.test/origin=e2e",
+        key,
+    ]);
+    assert!(
+        out.status.success(),
+        "ctr snapshots diff: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        stack.log_tails()
+    );
+    (sha256(&out.stdout), out.stdout)
+}
+
+fn blob(stack: &Stack, digest: &str) -> Vec<u8> {
+    let out = stack.containerd.ctr(&["content", "get", digest]);
+    assert!(out.status.success(), "content get {digest}: {:?}", out);
+    out.stdout
+}
+
+fn content_labels(stack: &Stack, digest: &str) -> String {
+    let ls = stack.containerd.ctr_ok(&["content", "ls"]);
+    ls.lines()
+        .find(|l| l.starts_with(digest))
+        .unwrap_or_else(|| panic!("{digest} not in content ls:\n{ls}"))
+        .to_string()
+}
+
+fn sha256(data: &[u8]) -> String {
+    strata_testkit::sha256_digest(data)
+}
+
+fn compression_of(media_type: &str) -> Compression {
+    match media_type {
+        GZIP => Compression::Gzip,
+        ZSTD => Compression::Zstd,
+        _ => Compression::None,
+    }
+}
+
+/// An image of `base`'s layers plus the blob `digest` (of `media_type`) on top.
+fn image_with(base: &Image, blob: Vec<u8>, media_type: &str) -> Image {
+    let c = compression_of(media_type);
+    let tar = strata_testkit::layer::decompress(&blob, c).expect("decompress the layer");
+    let mut top = Layer::from_tar(tar, c).expect("layer");
+    top.digest = sha256(&blob);
+    top.size = blob.len() as u64;
+    top.blob = Blob::Memory(blob.into());
+    top.media_type = media_type.to_string();
+    ImageBuilder::new(format!("localhost/strata/{}:latest", unique_name("diffed")))
+        .layers(base.layers().iter().cloned())
+        .layer(top)
+        .build()
+        .expect("image")
+}
+
+fn top_tree(stack: &Stack, image: &Image, snapshotter: &str) -> Tree {
+    let top = image.chain_ids().last().cloned().expect("a layer");
+    let key = unique_name("view");
+    let m = mount_snapshot(stack, snapshotter, "view", &key, &top);
+    let tree = snapshot(&m.0).expect("reading the view");
+    drop(m);
+    let _ = stack
+        .containerd
+        .ctr(&["snapshots", "--snapshotter", snapshotter, "rm", &key]);
+    tree
+}
+
+fn walking_only(version: Version) -> Stack {
+    Stack::start(
+        version,
+        &StackOptions {
+            start: PluginSet::NONE,
+            wire: PluginSet::NONE,
+            disabled_plugins: Vec::new(),
+            extra_toml: String::new(),
+        },
+    )
+    .expect("starting a walking-only containerd")
+}
+
+fn diff_round_trips(version: Version) {
+    let stack = Stack::start(version, &StackOptions::smoke()).expect("starting the stack");
+    let walking = walking_only(version);
+    let base = fixtures::mixed(Compression::Gzip).expect("mixed");
+    import(&stack, &base, &["--snapshotter", "strata"]);
+    import(&walking, &base, &[]);
+
+    // strata makes the layer, from strata-snapshotter's overlay (the upperdir fast path).
+    let (key, source) = changed_snapshot(&stack, "strata", &base);
+    for media_type in [GZIP, ZSTD, PLAIN] {
+        let before = made(&stack);
+        let (digest, printed) = ctr_diff(&stack, "strata", &key, media_type);
+        assert_eq!(
+            made(&stack) - before,
+            1,
+            "{media_type}: the diff must be strata's\n{}",
+            stack.log_tails()
+        );
+        let bytes = blob(&stack, &digest);
+        assert_eq!(bytes, printed);
+        let log = stack
+            .plugins
+            .get(strata_tests::PluginKind::Differ)
+            .expect("differ")
+            .log();
+        let line = log
+            .lines()
+            .rfind(|l| l.contains(DIFFER_MADE_LOG))
+            .unwrap_or_default();
+        // Measured: 1.7 sends Diff no namespace header (strata then uses containerd's only
+        // namespace); 2.x sends it.
+        assert_eq!(
+            log.contains("no namespace in the diff request"),
+            version == Version::V1_7,
+            "{log}"
+        );
+        // (1.7 sends no namespace: strata then uses containerd's only one.)
+        assert!(
+            line.contains(&format!("namespace=\"{}\"", stack.containerd.namespace()))
+                && line.contains("method=OverlayUpper"),
+            "{line}"
+        );
+        let tar = strata_testkit::layer::decompress(&bytes, compression_of(media_type))
+            .expect("the layer decompresses");
+        let labels = content_labels(&stack, &digest);
+        assert!(labels.contains("strata.test/origin=e2e"), "{labels}");
+        if media_type != PLAIN {
+            assert!(
+                labels.contains(&format!("containerd.io/uncompressed={}", sha256(&tar))),
+                "{labels}"
+            );
+        }
+        // The same snapshot diffed again: the same bytes.
+        assert_eq!(ctr_diff(&stack, "strata", &key, media_type).0, digest);
+
+        // Applied by walking on top of the same base, it rebuilds the changed tree.
+        let image = image_with(&base, bytes, media_type);
+        import(&walking, &image, &[]);
+        let rebuilt = top_tree(&walking, &image, "overlayfs");
+        assert_trees_equal_with(&source, &rebuilt, &layer_compare());
+    }
+
+    // The other way: walking makes the layer from the built-in overlayfs snapshotter, strata
+    // applies it.
+    let (wkey, wsource) = changed_snapshot(&walking, "overlayfs", &base);
+    let (_, walked) = ctr_diff(&walking, "overlayfs", &wkey, GZIP);
+    let image = image_with(&base, walked, GZIP);
+    let applied = stack.differ_applied();
+    import(&stack, &image, &["--snapshotter", "strata"]);
+    assert!(
+        stack.differ_applied() > applied,
+        "strata must apply walking's layer"
+    );
+    let rebuilt = top_tree(&stack, &image, "strata");
+    assert_trees_equal_with(&wsource, &rebuilt, &layer_compare());
+
+    // A type strata does not write falls through to walking (which refuses it too).
+    let before = made(&stack);
+    let out = stack.containerd.ctr(&[
+        "snapshots",
+        "--snapshotter",
+        "strata",
+        "diff",
+        "--media-type",
+        "application/vnd.oci.image.layer.v1.tar+bzip2",
+        &key,
+    ]);
+    assert!(!out.status.success());
+    assert_eq!(made(&stack), before);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unsupported"), "{stderr}");
+
+    // With a second namespace, a 1.7 request (no namespace) cannot be placed: strata answers
+    // Unimplemented and walking makes the diff; 2.x names the namespace and strata makes it.
+    stack
+        .containerd
+        .ctr_ok(&["namespaces", "create", &unique_name("other")]);
+    let before = made(&stack);
+    let (_, bytes) = ctr_diff(&stack, "strata", &key, GZIP);
+    assert!(!bytes.is_empty());
+    let by_strata = if version == Version::V1_7 { 0 } else { 1 };
+    assert_eq!(made(&stack) - before, by_strata, "{}", stack.log_tails());
+}
+
+#[test]
+fn snapshots_diff_goes_through_strata_containerd_1_7() {
+    diff_round_trips(Version::V1_7);
+}
+
+#[test]
+fn snapshots_diff_goes_through_strata_containerd_2() {
+    diff_round_trips(Version::V2);
+}
