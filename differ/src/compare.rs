@@ -22,7 +22,7 @@ use strata_proto::types::{Descriptor, Mount};
 use tracing::{info, warn};
 
 use crate::changes::{self, Change, OverlayError};
-use crate::compress::{self, Compressor};
+use crate::compress::{self, Compressor, Levels};
 use crate::fetch::Fetcher;
 use crate::layer::{self, LayerOptions, LayerStats};
 use crate::media::{self, Compression};
@@ -70,6 +70,7 @@ pub struct Comparer {
     fetcher: Fetcher,
     uploader: Uploader,
     scratch: PathBuf,
+    levels: Levels,
 }
 
 impl Comparer {
@@ -80,7 +81,16 @@ impl Comparer {
             fetcher,
             uploader,
             scratch: scratch.into(),
+            levels: Levels::default(),
         }
+    }
+
+    /// Compresses at `levels` instead of the defaults.
+    pub fn with_levels(mut self, levels: Levels) -> Result<Comparer> {
+        self.levels = levels
+            .validate()
+            .map_err(|e| Error::invalid_argument(e.to_string()))?;
+        Ok(self)
     }
 
     pub async fn compare(&self, ctx: &RequestContext, req: DiffRequest) -> Result<Compared> {
@@ -112,9 +122,18 @@ impl Comparer {
         let (sink, pending) = self.uploader.open(&ctx, &r#ref).await?;
 
         let (lower, upper, scratch) = (req.left, req.right, self.scratch.clone());
-        let labels = req.labels;
+        let (labels, levels) = (req.labels, self.levels);
         let producer = tokio::task::spawn_blocking(move || {
-            produce(&lower, &upper, &scratch, compression, &opts, sink, labels)
+            produce(
+                &lower,
+                &upper,
+                &scratch,
+                compression,
+                levels,
+                &opts,
+                sink,
+                labels,
+            )
         });
         let replied = pending.committed().await;
         let produced = producer
@@ -177,30 +196,28 @@ struct Produced {
 }
 
 /// Blocking: mounts, finds the changes, writes the layer into `sink` and commits it.
+#[allow(clippy::too_many_arguments)]
 fn produce(
     lower: &[Mount],
     upper: &[Mount],
     scratch: &Path,
     compression: Compression,
+    levels: Levels,
     opts: &LayerOptions,
     sink: BlobSink,
     mut labels: HashMap<String, String>,
 ) -> Result<Produced> {
     let (changes, root, method, mounted) = find_changes(lower, upper, scratch)?;
-    let (sink, diff_id, stats) = write_compressed(&changes, &root, opts, compression, sink)
+    let (sink, diff_id, stats) = write_compressed(&changes, &root, opts, compression, levels, sink)
         .map_err(|e| Error::io("write the layer", e))?;
     drop(mounted);
-    if compression != Compression::None {
-        labels.insert(UNCOMPRESSED_LABEL.to_string(), diff_id.clone());
+    if let Some(d) = &diff_id {
+        labels.insert(UNCOMPRESSED_LABEL.to_string(), d.clone());
     }
     let committed = sink
         .commit(labels)
         .map_err(|e| Error::io("commit the layer", e))?;
-    let diff_id = if compression == Compression::None {
-        committed.digest.clone()
-    } else {
-        diff_id
-    };
+    let diff_id = diff_id.unwrap_or_else(|| committed.digest.clone());
     Ok(Produced {
         committed,
         diff_id,
@@ -295,16 +312,18 @@ pub fn overlay_fast_path(lower: &[Mount], upper: &[Mount]) -> Option<(PathBuf, &
     Some((PathBuf::from(upperdir), opaque))
 }
 
-/// A writer that hashes what passes through it.
+/// A writer that hashes what passes through it (when it has a hasher).
 struct Hashing<W> {
     inner: W,
-    hasher: Sha256,
+    hasher: Option<Sha256>,
 }
 
 impl<W: Write> Write for Hashing<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
         Ok(n)
     }
 
@@ -314,21 +333,25 @@ impl<W: Write> Write for Hashing<W> {
 }
 
 /// Writes the layer of `changes` through `compression` into `out`; returns `out`, the
-/// layer's diffID and its stats.
+/// layer's diffID (`None` for an uncompressed layer: it is the blob's digest, which `out`
+/// computes anyway, and hashing 1 GiB twice costs half a second) and its stats.
 pub fn write_compressed<W: Write>(
     changes: &[Change],
     root: &Path,
     opts: &LayerOptions,
     compression: Compression,
+    levels: Levels,
     out: W,
-) -> io::Result<(W, String, LayerStats)> {
-    let compressor = Compressor::new(out, compression, compress::workers())?;
+) -> io::Result<(W, Option<String>, LayerStats)> {
+    let compressor = Compressor::new(out, compression, levels, compress::workers())?;
     let mut tar = Hashing {
         inner: io::BufWriter::with_capacity(256 << 10, compressor),
-        hasher: Sha256::new(),
+        hasher: (compression != Compression::None).then(Sha256::new),
     };
     let stats = layer::write_layer(changes, root, opts, &mut tar)?;
-    let diff_id = format!("sha256:{}", hex::encode(tar.hasher.finalize()));
+    let diff_id = tar
+        .hasher
+        .map(|h| format!("sha256:{}", hex::encode(h.finalize())));
     let compressor = tar.inner.into_inner().map_err(|e| e.into_error())?;
     Ok((compressor.finish()?, diff_id, stats))
 }

@@ -31,6 +31,28 @@ pub struct DifferConfig {
     /// own service can: then this is not needed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_namespace: Option<String>,
+    /// Diff output compression levels: gzip 1-9, zstd 1-19.
+    #[serde(default = "default_gzip_level")]
+    pub gzip_level: u32,
+    #[serde(default = "default_zstd_level")]
+    pub zstd_level: i32,
+}
+
+fn default_gzip_level() -> u32 {
+    crate::compress::Levels::default().gzip
+}
+
+fn default_zstd_level() -> i32 {
+    crate::compress::Levels::default().zstd
+}
+
+impl DifferConfig {
+    pub fn levels(&self) -> crate::compress::Levels {
+        crate::compress::Levels {
+            gzip: self.gzip_level,
+            zstd: self.zstd_level,
+        }
+    }
 }
 
 impl Default for DifferConfig {
@@ -38,6 +60,8 @@ impl Default for DifferConfig {
         DifferConfig {
             content_address: PathBuf::from(DEFAULT_CONTENT_ADDRESS),
             fallback_namespace: None,
+            gzip_level: default_gzip_level(),
+            zstd_level: default_zstd_level(),
         }
     }
 }

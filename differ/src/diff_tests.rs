@@ -15,6 +15,7 @@ use strata_testkit::prelude::*;
 use crate::apply::apply_reader;
 use crate::changes::{self, Kind, OverlayError};
 use crate::compare::{self, Method};
+use crate::compress::Levels;
 use crate::layer::LayerOptions;
 use crate::media;
 use crate::target;
@@ -47,11 +48,20 @@ fn layer(lower: &[Mount], upper: &[Mount], opts: &LayerOptions) -> (Vec<u8>, Met
     let scratch = tempfile::tempdir().unwrap();
     let (changes, root, method, mounted) =
         compare::find_changes(lower, upper, scratch.path()).unwrap();
-    let (tar, diff_id, _) =
-        compare::write_compressed(&changes, &root, opts, media::Compression::None, Vec::new())
-            .unwrap();
+    let (tar, diff_id, _) = compare::write_compressed(
+        &changes,
+        &root,
+        opts,
+        media::Compression::None,
+        Levels::default(),
+        Vec::new(),
+    )
+    .unwrap();
     drop(mounted);
-    assert_eq!(diff_id, strata_testkit::sha256_digest(&tar));
+    assert_eq!(
+        diff_id, None,
+        "an uncompressed layer's diffID is its digest"
+    );
     (tar, method)
 }
 
@@ -198,6 +208,7 @@ impl OverlayCase {
             merged.dir(),
             opts,
             media::Compression::None,
+            Levels::default(),
             Vec::new(),
         )
         .unwrap();
@@ -424,12 +435,12 @@ fn layers_are_deterministic_and_source_date_epoch_clamps() {
         compare::find_changes(&[], &[bind(upper.path())], scratch.path()).unwrap();
     for comp in [media::Compression::Gzip, media::Compression::Zstd] {
         let run = || {
-            compare::write_compressed(&c, &root, &opts, comp, Vec::new())
+            compare::write_compressed(&c, &root, &opts, comp, Levels::default(), Vec::new())
                 .unwrap()
-                .0
         };
-        let x = run();
-        assert_eq!(x, run(), "{comp:?}");
+        let (x, diff_id, _) = run();
+        assert_eq!(diff_id, Some(strata_testkit::sha256_digest(&a)));
+        assert_eq!(x, run().0, "{comp:?}");
         let tk = match comp {
             media::Compression::Gzip => Compression::Gzip,
             _ => Compression::Zstd,

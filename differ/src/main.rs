@@ -47,7 +47,9 @@ fn main() -> ExitCode {
                 fetcher.clone(),
                 Uploader::new(channel.clone()),
                 scratch.clone(),
-            );
+            )
+            .with_levels(config.differ.levels())
+            .map_err(|e| format!("differ config: {e}"))?;
             let applier = Applier::new(fetcher, scratch);
             let service = DiffService::new(applier, comparer).into_server();
             Ok(Box::new(move |router| router.add_service(service)))
