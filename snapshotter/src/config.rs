@@ -9,7 +9,7 @@
 //!                           # overlayfs cannot use as an upper layer
 //! async_remove = true       # Remove drops metadata only; Cleanup (containerd's GC) frees disk
 //! mount_options = []        # appended to every overlay mount, as containerd's `mount_options`
-//! durability = "full"       # or "process": no fsync per call, see [`Durability`]
+//! durability = "full"       # or "process": no sync per call, see [`Durability`]
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -54,14 +54,16 @@ pub enum Mode {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
-    /// Every acknowledged call survives a power loss: each transaction is fsynced, as
-    /// containerd's bolt database is. containerd's own metadata refers to our snapshots, so
+    /// Every acknowledged call survives a power loss: each transaction is synced
+    /// (fdatasync), as containerd's bolt database is, and a new snapshot's directory is
+    /// fsynced before its row. containerd's own metadata refers to our snapshots, so
     /// this is what keeps the two in step.
     #[default]
     Full,
     /// Acknowledged calls survive a crash of the process (SIGKILL, OOM) but the last ones may
     /// roll back on power loss; no directory is deleted before the removal that freed it is on
-    /// disk. Saves an fsync (an ext4 journal commit) per Prepare, View, Commit and Remove.
+    /// disk. Saves a data flush per Commit, Remove and Update, and a journal commit plus a
+    /// flush per Prepare and View.
     Process,
 }
 

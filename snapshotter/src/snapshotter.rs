@@ -47,6 +47,8 @@ struct Inner {
     /// Where measured usage is stored, without an fsync per write: a figure lost in a crash
     /// is measured again at start-up, and the metadata writers never queue behind it.
     usage_db: Mutex<Connection>,
+    /// `snapshots/`, open for fsync.
+    snapshots_fd: std::fs::File,
     temp_seq: AtomicU64,
     /// Temporary directories being built right now, which Cleanup must not take for orphans.
     building: Mutex<HashSet<String>>,
@@ -111,6 +113,13 @@ impl Snapshotter {
         usage_db
             .execute_batch("PRAGMA synchronous = NORMAL")
             .map_err(|e| Error::internal(format!("configure usage connection: {e}")))?;
+        if let Err(e) = metadata::preallocate_wal(&layout.metadata_db(), metadata::WAL_PREALLOCATE)
+        {
+            // Only slower commits until SQLite has grown the WAL itself.
+            warn!(error = %e.chain(), "cannot preallocate the metadata WAL");
+        }
+        let snapshots_fd = std::fs::File::open(&snapshots)
+            .map_err(|e| Error::io(format!("open {}", snapshots.display()), e))?;
         let (tx, rx) = mpsc::channel();
         let overlay_options = match config.mode {
             Mode::Overlayfs => features.options(&config.mount_options),
@@ -123,6 +132,7 @@ impl Snapshotter {
             db: Mutex::new(conn),
             reader: Mutex::new(reader),
             usage_db: Mutex::new(usage_db),
+            snapshots_fd,
             temp_seq: AtomicU64::new(0),
             building: Mutex::new(HashSet::new()),
             measure: Mutex::new(tx),
@@ -268,9 +278,15 @@ impl Snapshotter {
         let dir = layout.snapshot_dir(s.id);
         std::fs::rename(temp, &dir)
             .map_err(|e| Error::io(format!("rename {} into place", temp.display()), e))?;
-        if let Err(e) = tx.commit() {
+        let committed = self.make_dir_durable().and_then(|()| {
+            tx.commit()
+                .map_err(|e| Error::internal(format!("commit transaction: {e}")))
+        });
+        if let Err(e) = committed {
+            // The id is not used up (the row rolled back), so the next create would meet
+            // this directory.
             let _ = std::fs::remove_dir_all(&dir);
-            return Err(Error::internal(format!("commit transaction: {e}")));
+            return Err(e);
         }
         Ok(s)
     }
@@ -376,6 +392,21 @@ impl Snapshotter {
                 filter.matches(&fields)
             })
             .collect())
+    }
+
+    /// With full durability, puts a new snapshot's directory on disk before the row that
+    /// names it: the row must never survive a power loss without its directory. One fsync of
+    /// `snapshots/` commits the file system journal up to the rename, which on a journaling
+    /// file system includes the mkdirs before it. (SQLite's fdatasync of its preallocated WAL
+    /// no longer commits the journal as a side effect, as its fsync of a growing WAL did.)
+    fn make_dir_durable(&self) -> Result<()> {
+        if self.inner.config.durability == Durability::Full {
+            self.inner
+                .snapshots_fd
+                .sync_all()
+                .map_err(|e| Error::io("sync snapshots directory", e))?;
+        }
+        Ok(())
     }
 
     /// Makes every committed transaction durable before directories they freed are deleted
