@@ -55,6 +55,21 @@ struct Inner {
     measure: Mutex<mpsc::Sender<u64>>,
 }
 
+/// What [`Snapshotter::usage_lookup`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UsageLookup {
+    Known(Usage),
+    Walk(Walk),
+}
+
+/// A snapshot whose usage has to be measured on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Walk {
+    id: u64,
+    /// A committed snapshot's figure is kept; an active one's changes with every write.
+    store: bool,
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock cannot leave SQLite half-written (the transaction
     // rolls back when dropped), so the data is still good.
@@ -360,19 +375,35 @@ impl Snapshotter {
     /// Measured now for an active snapshot; the stored figure for a committed one (measured
     /// now if the background worker has not got to it yet).
     pub fn usage(&self, key: &str) -> Result<Usage> {
+        match self.usage_lookup(key)? {
+            UsageLookup::Known(u) => Ok(u),
+            UsageLookup::Walk(w) => self.measure(w),
+        }
+    }
+
+    /// The metadata half of [`Snapshotter::usage`]: the figure when the metadata has it (views,
+    /// measured committed snapshots), else what [`Snapshotter::measure`] must walk. One SQLite
+    /// read and no file system access, so it can run on an async worker.
+    pub fn usage_lookup(&self, key: &str) -> Result<UsageLookup> {
         if key.is_empty() {
             return Err(Error::invalid_argument("snapshot key must not be empty"));
         }
         let (info, id, stored) = metadata::get_info(&lock(&self.inner.reader), key)?;
-        match (info.kind, stored) {
-            (Kind::Active, _) => disk_usage(&self.inner.layout.fs(id)),
-            (Kind::Committed, None) => {
-                let u = disk_usage(&self.inner.layout.fs(id))?;
-                store_usage(&self.inner, id, u)?;
-                Ok(u)
-            }
-            (_, stored) => Ok(stored.unwrap_or_default()),
+        Ok(match (info.kind, stored) {
+            (Kind::Active, _) => UsageLookup::Walk(Walk { id, store: false }),
+            (Kind::Committed, None) => UsageLookup::Walk(Walk { id, store: true }),
+            (_, stored) => UsageLookup::Known(stored.unwrap_or_default()),
+        })
+    }
+
+    /// The file system half of [`Snapshotter::usage`]: walks the snapshot's directory (and
+    /// stores the figure of a committed snapshot). Blocks for as long as the tree is big.
+    pub fn measure(&self, w: Walk) -> Result<Usage> {
+        let u = disk_usage(&self.inner.layout.fs(w.id))?;
+        if w.store {
+            store_usage(&self.inner, w.id, u)?;
         }
+        Ok(u)
     }
 
     /// The snapshots matching `filters` (containerd's filter language; any of the strings may
