@@ -92,6 +92,12 @@ ctr snapshots --snapshotter strata ls
 step "ctr run --rm --snapshotter strata $image"
 ctr run --rm --snapshotter strata "$image" strata-demo-1 /bin/sh -c 'echo "hello from a container on strata"; uname -r'
 
+step "a container's changes committed as a layer by strata-differ (ctr snapshots diff)"
+ctr run --snapshotter strata "$image" strata-demo-2 /bin/sh -c 'echo changed > /etc/motd; rm /bin/ls'
+ctr snapshots --snapshotter strata diff --keep strata-demo-2 | tar -tzvf - | sed 's/^/    /'
+ctr containers rm strata-demo-2
+echo "layers made by strata-differ: $(grep -c 'strata-differ made a layer' "$demo/differ.log" || true)"
+
 if ((keep)); then
   step "left running"
   echo "  $env_sh ctr $demo/ctd -n strata-demo images ls"
