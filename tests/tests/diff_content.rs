@@ -1,0 +1,176 @@
+//! strata-differ's Diff writing into strata-content directly (no containerd): the blob and its
+//! labels, a reused ref, and a failed diff leaving no ingest behind. Both binaries run as
+//! processes on their sockets. Needs root (the differ mounts and reads owners) and the plugin
+//! binaries (`cargo build --workspace --bins`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use strata_common::client::unix_channel;
+use strata_proto::content::content_client::ContentClient;
+use strata_proto::content::{InfoRequest, ListStatusesRequest, ReadContentRequest};
+use strata_proto::diff::DiffRequest;
+use strata_proto::diff::diff_client::DiffClient;
+use strata_proto::types::Mount;
+use strata_testkit::Compression;
+use strata_testkit::layer::{decompress, read_raw};
+use strata_testkit::tree::{apply, dir, file, remove};
+use strata_tests::tmp::TestDir;
+use strata_tests::{PluginKind, StrataProcess};
+use tonic::Request;
+
+const GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+struct Env {
+    _dir: TestDir,
+    content: StrataProcess,
+    differ: StrataProcess,
+}
+
+fn start() -> Env {
+    let dir = TestDir::new("diff-content").unwrap();
+    let content = StrataProcess::start(PluginKind::Content, dir.path(), &[]).unwrap();
+    let differ = StrataProcess::start(
+        PluginKind::Differ,
+        dir.path(),
+        &["--content-address".into(), content.socket().into()],
+    )
+    .unwrap();
+    Env {
+        _dir: dir,
+        content,
+        differ,
+    }
+}
+
+fn bind(p: &Path) -> Mount {
+    Mount {
+        r#type: "bind".into(),
+        source: p.display().to_string(),
+        target: String::new(),
+        options: vec!["rbind".into(), "ro".into()],
+    }
+}
+
+fn trees() -> (tempfile::TempDir, tempfile::TempDir) {
+    let (lower, upper) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let base = vec![dir("etc", 0o755), file("etc/a", "a"), file("etc/b", "b")];
+    apply(lower.path(), &base).unwrap();
+    apply(upper.path(), &base).unwrap();
+    apply(
+        upper.path(),
+        &[file("etc/a", "changed"), remove("etc/b"), file("new", "n")],
+    )
+    .unwrap();
+    (lower, upper)
+}
+
+async fn blob(content: &Path, digest: &str) -> Vec<u8> {
+    let mut c = ContentClient::new(unix_channel(content));
+    let mut stream = c
+        .read(Request::new(ReadContentRequest {
+            digest: digest.into(),
+            offset: 0,
+            size: 0,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = stream.message().await.unwrap() {
+        out.extend_from_slice(&m.data);
+    }
+    out
+}
+
+async fn ingests(content: &Path) -> usize {
+    let mut c = ContentClient::new(unix_channel(content));
+    c.list_statuses(Request::new(ListStatusesRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .statuses
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diff_commits_a_labelled_layer_and_a_ref_can_be_reused() {
+    let env = start();
+    let (lower, upper) = trees();
+    let mut diff = DiffClient::new(unix_channel(env.differ.socket()));
+    let req = || DiffRequest {
+        left: vec![bind(lower.path())],
+        right: vec![bind(upper.path())],
+        media_type: GZIP.into(),
+        r#ref: "my-diff".into(),
+        labels: HashMap::from([("test/label".to_string(), "yes".to_string())]),
+        source_date_epoch: None,
+    };
+    let desc = diff
+        .diff(Request::new(req()))
+        .await
+        .unwrap()
+        .into_inner()
+        .diff
+        .unwrap();
+    assert_eq!(desc.media_type, GZIP);
+    let bytes = blob(env.content.socket(), &desc.digest).await;
+    assert_eq!(bytes.len() as i64, desc.size);
+    assert_eq!(strata_testkit::sha256_digest(&bytes), desc.digest);
+    let tar = decompress(&bytes, Compression::Gzip).unwrap();
+    let names: Vec<String> = read_raw(&tar[..])
+        .unwrap()
+        .into_iter()
+        .map(|e| String::from_utf8(e.name).unwrap())
+        .collect();
+    assert_eq!(names, ["etc/a", "etc/.wh.b", "new"]);
+
+    let mut content = ContentClient::new(unix_channel(env.content.socket()));
+    let info = content
+        .info(Request::new(InfoRequest {
+            digest: desc.digest.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .info
+        .unwrap();
+    assert_eq!(
+        info.labels.get("test/label").map(String::as_str),
+        Some("yes")
+    );
+    assert_eq!(
+        info.labels.get("containerd.io/uncompressed"),
+        Some(&strata_testkit::sha256_digest(&tar))
+    );
+
+    // The same ref again: the ingest is started over and the existing blob accepted.
+    let again = diff
+        .diff(Request::new(req()))
+        .await
+        .unwrap()
+        .into_inner()
+        .diff
+        .unwrap();
+    assert_eq!(again.digest, desc.digest);
+    assert_eq!(ingests(env.content.socket()).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_diff_leaves_no_ingest() {
+    let env = start();
+    let (lower, _upper) = trees();
+    let mut diff = DiffClient::new(unix_channel(env.differ.socket()));
+    let err = diff
+        .diff(Request::new(DiffRequest {
+            left: vec![bind(lower.path())],
+            right: vec![bind(&lower.path().join("no-such-dir"))],
+            media_type: GZIP.into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    assert_eq!(ingests(env.content.socket()).await, 0);
+}
