@@ -11,6 +11,7 @@
 //! namespaces (e.g. strata-content).
 
 use std::io::{self, Read};
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 use strata_common::error::{Error, ErrorKind, Result};
@@ -73,6 +74,10 @@ pub fn parse_digest(digest: &str) -> Result<[u8; 32]> {
 pub struct Fetcher {
     channel: Channel,
     fallback_namespace: Option<String>,
+    /// The namespace the last un-namespaced request's blob was found in: an unpack's next
+    /// layer is almost always there too, so it is asked first (one Info instead of a List and
+    /// an Info per namespace).
+    last_found: Arc<Mutex<Option<String>>>,
 }
 
 impl Fetcher {
@@ -80,6 +85,7 @@ impl Fetcher {
         Fetcher {
             channel,
             fallback_namespace,
+            last_found: Arc::default(),
         }
     }
 
@@ -95,24 +101,22 @@ impl Fetcher {
         if ctx.namespace.is_some() {
             return Ok(ctx.clone());
         }
+        let last = self.last_found.lock().ok().and_then(|l| l.clone());
+        if let Some(ns) = last
+            && let Some(found) = self.probe(ctx, &ns, digest).await?
+        {
+            return Ok(found);
+        }
         let listed = self.list_namespaces().await;
         match listed {
             Ok(names) => {
                 for ns in &names {
-                    let probe = RequestContext {
-                        namespace: Some(ns.clone()),
-                        lease: ctx.lease.clone(),
-                    };
-                    let req = probe.request(InfoRequest {
-                        digest: digest.to_string(),
-                    })?;
-                    match self.client().info(req).await {
-                        Ok(_) => {
-                            debug!(namespace = %ns, %digest, "found the layer's namespace");
-                            return Ok(probe);
+                    if let Some(found) = self.probe(ctx, ns, digest).await? {
+                        debug!(namespace = %ns, %digest, "found the layer's namespace");
+                        if let Ok(mut l) = self.last_found.lock() {
+                            *l = Some(ns.clone());
                         }
-                        Err(s) if s.code() == tonic::Code::NotFound => continue,
-                        Err(s) => return Err(Error::from_status(&s)),
+                        return Ok(found);
                     }
                 }
                 Err(Error::not_found(format!(
@@ -129,6 +133,27 @@ impl Fetcher {
                 None if e.is(ErrorKind::Unimplemented) => Ok(ctx.clone()),
                 None => Err(e),
             },
+        }
+    }
+
+    /// `ctx` in namespace `ns` if the content service has `digest` there.
+    async fn probe(
+        &self,
+        ctx: &RequestContext,
+        ns: &str,
+        digest: &str,
+    ) -> Result<Option<RequestContext>> {
+        let probe = RequestContext {
+            namespace: Some(ns.to_string()),
+            lease: ctx.lease.clone(),
+        };
+        let req = probe.request(InfoRequest {
+            digest: digest.to_string(),
+        })?;
+        match self.client().info(req).await {
+            Ok(_) => Ok(Some(probe)),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+            Err(s) => Err(Error::from_status(&s)),
         }
     }
 
