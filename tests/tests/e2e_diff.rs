@@ -10,6 +10,12 @@ use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::Command;
 
+use strata_common::client::unix_channel;
+use strata_common::namespace::RequestContext;
+use strata_proto::diff::DiffRequest;
+use strata_proto::diff::diff_client::DiffClient;
+use strata_proto::snapshots::snapshots_client::SnapshotsClient;
+use strata_proto::snapshots::{MountsRequest, ViewSnapshotRequest};
 use strata_testkit::Compression;
 use strata_testkit::fixtures;
 use strata_testkit::image::{Image, ImageBuilder};
@@ -353,6 +359,17 @@ fn diff_round_trips(version: Version) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unsupported"), "{stderr}");
 
+    // A Diff call without a lease (a client that does not take one, unlike ctr): strata takes
+    // one for the blob, expiring in a day, so GC does not collect it before it is used.
+    let digest = diff_without_lease(&stack, &key, &base);
+    let leases = stack.containerd.ctr_ok(&["leases", "ls"]);
+    let ours = leases
+        .lines()
+        .find(|l| l.starts_with("strata-diff-"))
+        .unwrap_or_else(|| panic!("no strata-diff lease in\n{leases}"));
+    assert!(ours.contains("containerd.io/gc.expire="), "{ours}");
+    stack.containerd.ctr_ok(&["content", "get", &digest]);
+
     // With a second namespace, a 1.7 request (no namespace) cannot be placed: strata answers
     // Unimplemented and walking makes the diff; 2.x names the namespace and strata makes it.
     stack
@@ -363,6 +380,58 @@ fn diff_round_trips(version: Version) {
     assert!(!bytes.is_empty());
     let by_strata = if version == Version::V1_7 { 0 } else { 1 };
     assert_eq!(made(&stack) - before, by_strata, "{}", stack.log_tails());
+}
+
+/// Diff of the active snapshot `key` (on `base`'s top layer) through containerd's diff
+/// service with a namespace but no lease; the layer's digest.
+fn diff_without_lease(stack: &Stack, key: &str, base: &Image) -> String {
+    let parent = base.chain_ids().last().cloned().expect("a layer");
+    let cx = RequestContext::with_namespace(stack.containerd.namespace());
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let channel = unix_channel(stack.containerd.socket());
+        let mut snaps = SnapshotsClient::new(channel.clone());
+        let upper = snaps
+            .mounts(
+                cx.request(MountsRequest {
+                    snapshotter: "strata".into(),
+                    key: key.to_string(),
+                })
+                .expect("request"),
+            )
+            .await
+            .expect("mounts")
+            .into_inner()
+            .mounts;
+        let lower = snaps
+            .view(
+                cx.request(ViewSnapshotRequest {
+                    snapshotter: "strata".into(),
+                    key: unique_name("lower"),
+                    parent,
+                    labels: Default::default(),
+                })
+                .expect("request"),
+            )
+            .await
+            .expect("view")
+            .into_inner()
+            .mounts;
+        let d = DiffClient::new(channel)
+            .diff(
+                cx.request(DiffRequest {
+                    left: lower,
+                    right: upper,
+                    media_type: GZIP.into(),
+                    ..Default::default()
+                })
+                .expect("request"),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("Diff: {e}\n{}", stack.log_tails()))
+            .into_inner();
+        d.diff.expect("a descriptor").digest
+    })
 }
 
 #[test]
