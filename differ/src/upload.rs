@@ -19,7 +19,7 @@ use strata_proto::content::{
     AbortRequest, Info, InfoRequest, UpdateRequest, WriteAction, WriteContentRequest,
     WriteContentResponse,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tonic::transport::Channel;
@@ -156,14 +156,17 @@ impl Uploader {
             Ok(None) => return Err(Error::unavailable("content service ended the write stream")),
             Err(s) => return Err(Error::from_status(&s)),
         }
+        let (cancel, cancelled) = watch::channel(false);
         Ok((
             BlobSink {
                 tx,
+                cancelled,
+                handle: tokio::runtime::Handle::current(),
                 buf: Vec::with_capacity(MESSAGE),
                 offset: 0,
                 hasher: Sha256::new(),
             },
-            PendingWrite { responses },
+            PendingWrite { responses, cancel },
         ))
     }
 
@@ -219,6 +222,9 @@ impl Uploader {
 /// messages; [`BlobSink::commit`] sends the COMMIT.
 pub struct BlobSink {
     tx: mpsc::Sender<WriteContentRequest>,
+    /// Set when the stream failed: a send must not wait for room that will never come.
+    cancelled: watch::Receiver<bool>,
+    handle: tokio::runtime::Handle,
     buf: Vec<u8>,
     offset: u64,
     hasher: Sha256,
@@ -233,9 +239,14 @@ pub struct Committed {
 
 impl BlobSink {
     fn send(&mut self, req: WriteContentRequest) -> io::Result<()> {
-        self.tx
-            .blocking_send(req)
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the write stream closed"))
+        let closed = || io::Error::new(io::ErrorKind::BrokenPipe, "the write stream closed");
+        let (tx, cancelled) = (&self.tx, &mut self.cancelled);
+        self.handle.block_on(async {
+            tokio::select! {
+                sent = tx.send(req) => sent.map_err(|_| closed()),
+                _ = cancelled.wait_for(|c| *c) => Err(closed()),
+            }
+        })
     }
 
     fn send_buffered(&mut self) -> io::Result<()> {
@@ -290,6 +301,7 @@ impl Write for BlobSink {
 /// The replies of an open ingest.
 pub struct PendingWrite {
     responses: Streaming<WriteContentResponse>,
+    cancel: watch::Sender<bool>,
 }
 
 impl PendingWrite {
@@ -297,6 +309,15 @@ impl PendingWrite {
     /// the caller to accept; a stream that ends without a COMMIT means the writing side gave
     /// up (its error says why).
     pub async fn committed(mut self) -> Result<WriteContentResponse> {
+        let r = self.replies().await;
+        if r.is_err() {
+            // Whatever happens to the request stream now, the writing side stops.
+            let _ = self.cancel.send(true);
+        }
+        r
+    }
+
+    async fn replies(&mut self) -> Result<WriteContentResponse> {
         loop {
             match self.responses.message().await {
                 Ok(Some(r)) if r.action == WriteAction::Commit as i32 => return Ok(r),
