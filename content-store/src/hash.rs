@@ -1,13 +1,17 @@
 //! The running sha256 of an ingest. containerd forwards a Write stream one message at a time,
 //! waiting for each answer, so hashing a large message inline puts sha256 on that critical
 //! path; once a writer sends large messages, hashing moves to a thread of its own and runs
-//! while the next message is on its way. Small writes (manifests, configs) stay inline.
+//! while the next message is on its way. Small writes (manifests, configs) stay inline. The
+//! same thread asks for early writeback of the written data ([`Writeback`]), also off the
+//! answer's path.
 
 use std::sync::mpsc::{self, Receiver, SyncSender};
 
 use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 use strata_common::{Error, Result};
+
+use crate::writeback::Writeback;
 
 /// Messages at least this large move hashing off the writing thread.
 pub const BACKGROUND_MIN: usize = 256 << 10;
@@ -20,7 +24,7 @@ enum Msg {
 }
 
 enum State {
-    Inline(Sha256),
+    Inline(Sha256, Option<Writeback>),
     Background(SyncSender<Msg>),
 }
 
@@ -28,10 +32,16 @@ pub struct RunningHash {
     state: State,
 }
 
-fn run(mut hash: Sha256, rx: Receiver<Msg>) {
+fn run(mut hash: Sha256, mut writeback: Option<Writeback>, rx: Receiver<Msg>) {
     for msg in rx {
         match msg {
-            Msg::Data(b) => hash.update(&b),
+            Msg::Data(b) => {
+                // The bytes are in the file already: start the disk before hashing them.
+                if let Some(wb) = writeback.as_mut() {
+                    wb.advance(b.len() as u64);
+                }
+                hash.update(&b);
+            }
             Msg::Snapshot(reply) => {
                 let _ = reply.send(hash.clone());
             }
@@ -44,9 +54,11 @@ fn gone() -> Error {
 }
 
 impl RunningHash {
-    pub fn new(hash: Sha256) -> RunningHash {
+    /// Continues `hash`; `writeback`, when given, follows the file the hashed data is
+    /// written to (each [`RunningHash::update`] comes after its bytes are written).
+    pub fn new(hash: Sha256, writeback: Option<Writeback>) -> RunningHash {
         RunningHash {
-            state: State::Inline(hash),
+            state: State::Inline(hash, writeback),
         }
     }
 
@@ -57,18 +69,22 @@ impl RunningHash {
 
     pub fn update(&mut self, data: Bytes) -> Result<()> {
         match &mut self.state {
-            State::Inline(h) if data.len() < BACKGROUND_MIN => {
+            State::Inline(h, wb) if data.len() < BACKGROUND_MIN => {
+                if let Some(wb) = wb.as_mut() {
+                    wb.advance(data.len() as u64);
+                }
                 h.update(&data);
                 Ok(())
             }
-            State::Inline(h) => {
+            State::Inline(h, wb) => {
                 let (tx, rx) = mpsc::sync_channel(QUEUE);
-                let start = h.clone();
+                let (start, writeback) = (h.clone(), wb.take());
                 let spawned = std::thread::Builder::new()
                     .name("strata-hash".into())
-                    .spawn(move || run(start, rx));
+                    .spawn(move || run(start, writeback, rx));
                 if spawned.is_err() {
-                    // No thread to be had: hashing inline is slower, not wrong.
+                    // No thread to be had: hashing inline is slower, not wrong (and writeback
+                    // only a hint, gone with the closure).
                     h.update(&data);
                     return Ok(());
                 }
@@ -82,7 +98,7 @@ impl RunningHash {
     /// The hash of everything so far.
     pub fn snapshot(&self) -> Result<Sha256> {
         match &self.state {
-            State::Inline(h) => Ok(h.clone()),
+            State::Inline(h, _) => Ok(h.clone()),
             State::Background(tx) => {
                 let (reply, rx) = mpsc::sync_channel(1);
                 tx.send(Msg::Snapshot(reply)).map_err(|_| gone())?;
@@ -91,9 +107,10 @@ impl RunningHash {
         }
     }
 
-    /// Starts over (the thread, if any, ends when its queue is dropped).
-    pub fn reset(&mut self) {
-        self.state = State::Inline(Sha256::new());
+    /// Starts over, following the file from offset 0 with `writeback` (the thread, if any,
+    /// ends when its queue is dropped).
+    pub fn reset(&mut self, writeback: Option<Writeback>) {
+        self.state = State::Inline(Sha256::new(), writeback);
     }
 }
 
@@ -106,7 +123,7 @@ mod tests {
         let data: Vec<u8> = (0..3 * BACKGROUND_MIN + 17)
             .map(|i| (i % 251) as u8)
             .collect();
-        let mut h = RunningHash::new(Sha256::new());
+        let mut h = RunningHash::new(Sha256::new(), None);
         h.update(Bytes::copy_from_slice(&data[..10])).unwrap();
         assert!(!h.in_background());
         for piece in data[10..].chunks(BACKGROUND_MIN) {
@@ -122,7 +139,7 @@ mod tests {
             h.snapshot().unwrap().finalize()[..],
             Sha256::digest(&all)[..]
         );
-        h.reset();
+        h.reset(None);
         assert!(!h.in_background());
         assert_eq!(
             h.snapshot().unwrap().finalize()[..],

@@ -18,6 +18,7 @@ use tracing::{info, warn};
 use crate::digest::Digest;
 use crate::hash::RunningHash;
 use crate::time::{from_nanos, rfc3339, to_nanos};
+use crate::writeback::Writeback;
 
 /// An ingest as Status reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -225,11 +226,12 @@ impl Ingests {
             .map_err(io_err("open", &path))?;
         file.seek(SeekFrom::Start(status.offset))
             .map_err(io_err("seek", &path))?;
+        let writeback = writeback_of(&file, status.offset);
         Ok(IngestWriter {
             dir,
             file,
             status,
-            hash: RunningHash::new(hasher),
+            hash: RunningHash::new(hasher, writeback),
             lock,
         })
     }
@@ -342,6 +344,12 @@ impl Ingests {
     }
 }
 
+/// Early writeback for `file` (see [`Writeback`]), on a descriptor of its own so the hashing
+/// thread can use it; none when no descriptor is to be had, which only costs speed.
+fn writeback_of(file: &File, offset: u64) -> Option<Writeback> {
+    file.try_clone().ok().map(|f| Writeback::new(f, offset))
+}
+
 /// The one writer of an ingest; dropping it releases the ref (the ingest stays, resumable).
 pub struct IngestWriter {
     dir: PathBuf,
@@ -409,7 +417,7 @@ impl IngestWriter {
         self.file
             .seek(SeekFrom::Start(0))
             .map_err(|e| Error::io(what(), e))?;
-        self.hash.reset();
+        self.hash.reset(writeback_of(&self.file, 0));
         self.status.offset = 0;
         self.status.updated_at = SystemTime::now();
         Ok(())

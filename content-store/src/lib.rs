@@ -15,6 +15,7 @@ pub mod metadata;
 pub mod service;
 pub mod store;
 pub mod time;
+pub mod writeback;
 
 pub use digest::Digest;
 pub use service::ContentService;
