@@ -80,9 +80,16 @@ impl Applier {
         let size = u64::try_from(desc.size)
             .map_err(|_| Error::invalid_argument(format!("negative size {}", desc.size)))?;
         let start = Instant::now();
-        let rctx = self.fetcher.context_for(ctx, &desc.digest).await?;
-        let stream = self.fetcher.open(&rctx, &desc.digest).await?;
-        let blob = BlobReader::new(tokio::runtime::Handle::current(), stream);
+        let (blob, source, namespace): (Box<dyn Read + Send>, _, _) =
+            match self.fetcher.local_blob(&desc.digest) {
+                Some(file) => (Box::new(file), "file", None),
+                None => {
+                    let rctx = self.fetcher.context_for(ctx, &desc.digest).await?;
+                    let stream = self.fetcher.open(&rctx, &desc.digest).await?;
+                    let reader = BlobReader::new(tokio::runtime::Handle::current(), stream);
+                    (Box::new(reader), "content service", rctx.namespace)
+                }
+            };
         let blob = Verified::new(blob, &desc.digest, size)?;
         let mounts = mounts.to_vec();
         let scratch = self.scratch.clone();
@@ -94,7 +101,8 @@ impl Applier {
         info!(
             digest = %desc.digest,
             media_type = %desc.media_type,
-            namespace = rctx.namespace.as_deref().unwrap_or(""),
+            namespace = namespace.as_deref().unwrap_or(""),
+            source,
             diff_id = %applied.digest,
             entries = applied.stats.entries,
             bytes = applied.size,

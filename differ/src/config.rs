@@ -31,6 +31,12 @@ pub struct DifferConfig {
     /// own service can: then this is not needed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_namespace: Option<String>,
+    /// The directory of the content store behind `content_address`, holding
+    /// `blobs/sha256/<hex>`: containerd's `<root>/io.containerd.content.v1.content`, or
+    /// strata-content's root. Apply reads layers found there from disk (verified as always)
+    /// and uses the content service for the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_root: Option<PathBuf>,
     /// Diff output compression levels: gzip 1-9, zstd 1-19.
     #[serde(default = "default_gzip_level")]
     pub gzip_level: u32,
@@ -60,6 +66,7 @@ impl Default for DifferConfig {
         DifferConfig {
             content_address: PathBuf::from(DEFAULT_CONTENT_ADDRESS),
             fallback_namespace: None,
+            content_root: None,
             gzip_level: default_gzip_level(),
             zstd_level: default_zstd_level(),
         }

@@ -20,11 +20,19 @@ struct Args {
     /// list namespaces.
     #[arg(long, value_name = "NAMESPACE")]
     fallback_namespace: Option<String>,
+    /// Directory of that content service's store (`blobs/sha256/<hex>` inside), to read
+    /// layers from disk when they are there.
+    #[arg(long, value_name = "DIR")]
+    content_root: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let (content_address, fallback_namespace) = (args.content_address, args.fallback_namespace);
+    let (content_address, fallback_namespace, content_root) = (
+        args.content_address,
+        args.fallback_namespace,
+        args.content_root,
+    );
     strata_common::app::run(
         &format!("strata-{NAME}"),
         &args.server,
@@ -36,12 +44,16 @@ fn main() -> ExitCode {
             if let Some(ns) = fallback_namespace {
                 config.differ.fallback_namespace = Some(ns);
             }
+            if let Some(root) = content_root {
+                config.differ.content_root = Some(root);
+            }
         },
         &[SERVICE_NAME],
         |config| {
             // Lazy: the differ starts before containerd's socket exists.
             let channel = unix_channel(&config.differ.content_address);
-            let fetcher = Fetcher::new(channel.clone(), config.differ.fallback_namespace.clone());
+            let fetcher = Fetcher::new(channel.clone(), config.differ.fallback_namespace.clone())
+                .with_content_root(config.differ.content_root.clone());
             let scratch = config.server.root.join("mounts");
             let comparer = Comparer::new(
                 fetcher.clone(),

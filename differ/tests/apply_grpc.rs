@@ -174,10 +174,15 @@ struct Env {
 /// The differ is started first and dials the content socket lazily, as in production where
 /// it starts before containerd.
 async fn start(content: FakeContent, fallback: Option<&str>) -> Env {
+    start_with(content, fallback, None).await
+}
+
+async fn start_with(content: FakeContent, fallback: Option<&str>, root: Option<&Path>) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let content_sock = dir.path().join("content.sock");
     let differ_sock = dir.path().join("differ.sock");
-    let fetcher = Fetcher::new(unix_channel(&content_sock), fallback.map(str::to_string));
+    let fetcher = Fetcher::new(unix_channel(&content_sock), fallback.map(str::to_string))
+        .with_content_root(root.map(Path::to_path_buf));
     let comparer = Comparer::new(
         fetcher.clone(),
         Uploader::new(unix_channel(&content_sock)),
@@ -370,4 +375,58 @@ async fn a_blob_that_does_not_match_its_digest_fails() {
         assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{c}: {err:?}");
         assert!(err.message().contains("digest mismatch"), "{c}: {err:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_under_the_content_root_are_read_from_disk_and_still_verified() {
+    let root = tempfile::tempdir().unwrap();
+    let blobs = root.path().join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let file_of = |l: &Layer| blobs.join(l.digest.strip_prefix("sha256:").unwrap());
+    let on_disk = Layer::new(tree![file("disk", "from the file")], Compression::Zstd).unwrap();
+    std::fs::write(file_of(&on_disk), on_disk.blob_bytes().unwrap()).unwrap();
+    // Not on disk: read through the content service.
+    let remote = Layer::new(tree![file("remote", "from the service")], Compression::Gzip).unwrap();
+    let content = FakeContent::default();
+    store(&content, std::slice::from_ref(&remote));
+    let mut env = start_with(content, None, Some(root.path())).await;
+
+    let target = tempfile::tempdir().unwrap();
+    let applied = env
+        .client
+        .apply(request(&on_disk, target.path(), Some("ns")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(applied.applied.unwrap().digest, on_disk.diff_id);
+    assert!(
+        env.content.calls.lock().unwrap().is_empty(),
+        "no content call for a file"
+    );
+    assert_eq!(
+        std::fs::read(target.path().join("disk")).unwrap(),
+        b"from the file"
+    );
+
+    env.client
+        .apply(request(&remote, target.path(), Some("ns")))
+        .await
+        .unwrap();
+    assert_eq!(env.content.reads().len(), 1);
+
+    // A damaged file fails the digest check like a damaged stream.
+    let mut bad = on_disk.blob_bytes().unwrap();
+    let last = bad.len() - 1;
+    bad[last] ^= 0xff;
+    std::fs::write(file_of(&on_disk), bad).unwrap();
+    let err = env
+        .client
+        .apply(request(
+            &on_disk,
+            tempfile::tempdir().unwrap().path(),
+            Some("ns"),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
 }

@@ -18,6 +18,10 @@ pub struct StackOptions {
     pub disabled_plugins: Vec<String>,
     /// More TOML tables for containerd's config, after the proxy wiring.
     pub extra_toml: String,
+    /// Give strata-differ containerd's content directory (`--content-root`), so Apply reads
+    /// layer blobs from disk instead of through the content service. Only with containerd's
+    /// built-in content store.
+    pub differ_reads_blob_files: bool,
 }
 
 impl StackOptions {
@@ -29,6 +33,7 @@ impl StackOptions {
             wire: PluginSet::SNAPSHOTTER_DIFFER,
             disabled_plugins: Vec::new(),
             extra_toml: String::new(),
+            differ_reads_blob_files: false,
         }
     }
 
@@ -39,6 +44,7 @@ impl StackOptions {
             wire: set,
             disabled_plugins: Vec::new(),
             extra_toml: String::new(),
+            differ_reads_blob_files: false,
         }
     }
 
@@ -49,6 +55,7 @@ impl StackOptions {
             wire: PluginSet::ALL,
             disabled_plugins: Vec::new(),
             extra_toml: String::new(),
+            differ_reads_blob_files: false,
         }
     }
 }
@@ -69,8 +76,17 @@ impl Stack {
     pub fn start(version: Version, options: &StackOptions) -> Result<Stack> {
         // Reserve containerd's dir first: the differ needs its socket path, and dials lazily.
         let dir = ContainerdDir::new()?;
-        let plugins =
-            Plugins::start(&PluginsOptions::new(options.start).content_address(dir.socket()))?;
+        let mut plugin_options = PluginsOptions::new(options.start).content_address(dir.socket());
+        if options.differ_reads_blob_files && !options.wire.content {
+            plugin_options.extra_args.push((
+                crate::plugins::PluginKind::Differ,
+                vec![
+                    "--content-root".into(),
+                    dir.root().join("io.containerd.content.v1.content").into(),
+                ],
+            ));
+        }
+        let plugins = Plugins::start(&plugin_options)?;
         let proxy = plugins.proxy(options.wire);
         let mut ctd_options = ContainerdOptions::new(version);
         ctd_options.proxy_toml = proxy.toml();

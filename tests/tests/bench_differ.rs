@@ -36,7 +36,9 @@
 //! smallfiles:none,bigfiles:gzip,bigfiles:zstd,bigfiles:none`); `STRATA_BENCH_SCALE` scales
 //! smallfiles and bigfiles (default 1). containerd finds `igzip` (2.x) or `unpigz` on PATH and
 //! pipes gzip through it; `CONTAINERD_DISABLE_IGZIP=1` in the environment makes 2.x's walking
-//! differ use `unpigz` instead.
+//! differ use `unpigz` instead. `STRATA_BENCH_BLOB_FILES=1` gives strata-differ containerd's
+//! content directory (`--content-root`), so it reads layers from disk instead of through the
+//! content service.
 // Benchmark code: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -148,7 +150,11 @@ impl Target {
         } else {
             PluginSet::NONE
         };
-        let stack = Stack::start(version, &StackOptions::only(set)).expect("starting the stack");
+        let options = StackOptions {
+            differ_reads_blob_files: std::env::var("STRATA_BENCH_BLOB_FILES").as_deref() == Ok("1"),
+            ..StackOptions::only(set)
+        };
+        let stack = Stack::start(version, &options).expect("starting the stack");
         let (lease, cx) = stack.lease("bench").expect("creating a lease");
         let differ_pid = stack.plugins.get(PluginKind::Differ).map(|p| p.pid());
         Target {

@@ -159,6 +159,7 @@ fn content_stack(version: Version) -> (Stack, PathBuf) {
         // committed: keep the scheduler from collecting on its own (the first run an hour
         // away, later ones at least 50 s apart), and collect explicitly.
         extra_toml: GC_ONLY_ON_DEMAND.to_string(),
+        differ_reads_blob_files: false,
     };
     let stack = Stack::start(version, &options).expect("starting strata-content and containerd");
     let content_root = stack

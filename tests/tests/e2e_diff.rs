@@ -262,6 +262,7 @@ fn walking_only(version: Version) -> Stack {
             wire: PluginSet::NONE,
             disabled_plugins: Vec::new(),
             extra_toml: String::new(),
+            differ_reads_blob_files: false,
         },
     )
     .expect("starting a walking-only containerd")

@@ -22,6 +22,7 @@ use strata_testkit::fixtures;
 use strata_testkit::image::{Image, ImageBuilder};
 use strata_testkit::layer::Layer;
 use strata_testkit::tree::{Compare, Tree, assert_trees_equal_with, dir, file, snapshot, symlink};
+use strata_tests::stack::DIFFER_APPLIED_LOG;
 use strata_tests::{PluginSet, Stack, StackOptions, Version, unique_name};
 
 /// Unmounts its target when dropped, so a failed assertion leaves nothing mounted.
@@ -123,7 +124,27 @@ fn unknown_type_image() -> Image {
         .expect("image")
 }
 
-fn chain_imports_unpack_through_strata(version: Version, extra: &[&str]) -> Stack {
+/// Layers strata-differ logged as read from a blob file rather than the content service.
+fn applied_from_files(stack: &Stack) -> usize {
+    stack
+        .plugins
+        .get(strata_tests::PluginKind::Differ)
+        .map(|p| {
+            p.log()
+                .lines()
+                .filter(|l| l.contains(DIFFER_APPLIED_LOG) && l.contains("source=\"file\""))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// `blob_files`: strata-differ gets containerd's content directory and reads layers from
+/// disk; otherwise through containerd's content service.
+fn chain_imports_unpack_through_strata(
+    version: Version,
+    extra: &[&str],
+    blob_files: bool,
+) -> Stack {
     // The same containerd with only its built-in walking differ, for the reference trees.
     let walking = Stack::start(
         version,
@@ -132,12 +153,18 @@ fn chain_imports_unpack_through_strata(version: Version, extra: &[&str]) -> Stac
             wire: PluginSet::NONE,
             disabled_plugins: Vec::new(),
             extra_toml: String::new(),
+            differ_reads_blob_files: false,
         },
     )
     .expect("starting a walking-only containerd");
-    let stack = Stack::start(version, &StackOptions::smoke()).expect("starting the stack");
+    let options = StackOptions {
+        differ_reads_blob_files: blob_files,
+        ..StackOptions::smoke()
+    };
+    let stack = Stack::start(version, &options).expect("starting the stack");
     for image in fixtures_for_test() {
         let before = stack.differ_applied();
+        let files_before = applied_from_files(&stack);
         import(&stack, &image, extra);
         let n = stack.differ_applied() - before;
         assert_eq!(
@@ -146,6 +173,12 @@ fn chain_imports_unpack_through_strata(version: Version, extra: &[&str]) -> Stac
             "{}: layers applied by strata-differ\n{}",
             image.name,
             stack.log_tails()
+        );
+        assert_eq!(
+            applied_from_files(&stack) - files_before,
+            if blob_files { n } else { 0 },
+            "{}: layers read from blob files",
+            image.name
         );
         let ours = assert_unpacked(&stack, &image, "overlayfs");
         import(&walking, &image, extra);
@@ -181,12 +214,12 @@ fn chain_imports_unpack_through_strata(version: Version, extra: &[&str]) -> Stac
 
 #[test]
 fn imports_unpack_through_strata_containerd_1_7() {
-    chain_imports_unpack_through_strata(Version::V1_7, &[]);
+    chain_imports_unpack_through_strata(Version::V1_7, &[], false);
 }
 
 #[test]
 fn imports_unpack_through_strata_containerd_2() {
-    let stack = chain_imports_unpack_through_strata(Version::V2, &["--local"]);
+    let stack = chain_imports_unpack_through_strata(Version::V2, &["--local"], true);
 
     // The transfer service: `unpack_config` names strata-diff for the strata snapshotter.
     let image = fixtures::mixed(Compression::Gzip).expect("mixed gzip");

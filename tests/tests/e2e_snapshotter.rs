@@ -29,6 +29,7 @@ fn start(version: Version) -> Stack {
             wire: SNAPSHOTTER_ONLY,
             disabled_plugins: Vec::new(),
             extra_toml: String::new(),
+            differ_reads_blob_files: false,
         },
     )
     .expect("starting strata-snapshotter and containerd")
@@ -386,6 +387,7 @@ fn exports_are_shown(version: Version) {
             wire: SNAPSHOTTER_ONLY,
             disabled_plugins: Vec::new(),
             extra_toml: format!("[proxy_plugins.strata.exports]\n  root = \"{root}\"\n"),
+            differ_reads_blob_files: false,
         },
     )
     .expect("starting strata-snapshotter and containerd");
