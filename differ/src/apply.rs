@@ -1,13 +1,14 @@
-//! Apply: a layer blob onto mounts, as a two-thread pipeline.
+//! Apply: a layer blob onto mounts, as a four-thread pipeline.
 //!
 //! ```text
-//! blob (content Read stream, verified at its end) -> decompress -> sha256 (diffID)
-//!      | bounded channel of 1 MiB chunks (decoder thread)
-//!      v
-//! tar entries -> resolve inside the root -> files, metadata, whiteouts (caller's blocking thread)
+//! blob (content Read stream or file) -> sha256 + size check at its end   (fetch thread)
+//!      -> decompress                                                    (decoder thread)
+//!      -> sha256 of the tar (the diffID; skipped for a verified plain blob) (diffid thread)
+//!      -> tar entries -> resolve inside the root -> files, metadata, whiteouts (caller's thread)
 //! ```
-//! With two cores, decompression and hashing on one and filesystem writes on the other is the
-//! natural split; the channel bounds memory to a few MiB whatever the layer's size.
+//! Bounded channels of 1 MiB chunks join the stages, so memory stays at a few MiB whatever
+//! the layer's size, and each CPU-heavy step (two hashes, inflate, file writes) gets a thread:
+//! on two cores any two of them run at once.
 
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::fd::AsRawFd;
@@ -175,13 +176,20 @@ fn apply_to<R: Read + Send + 'static>(
     // The compressed stream is read (and its digest checked) on a thread of its own: hashing
     // it and decompressing one after the other on one thread made that thread the bottleneck.
     let blob = ReadAhead::spawn(blob)?;
+    // The diffID is hashed on a thread of its own too: inflating and hashing 1 GiB one after
+    // the other kept the decoder busy twice as long as either.
     let (tx, rx) = sync_channel::<Msg>(CHANNEL_DEPTH);
+    let (tx_hashed, rx_hashed) = sync_channel::<Msg>(CHANNEL_DEPTH);
     let decoder = std::thread::Builder::new()
         .name("strata-decode".into())
         .spawn(move || decode(blob, compression, tx, verified_digest))
         .map_err(|e| Error::io("start the decoder thread", e))?;
+    let hasher = std::thread::Builder::new()
+        .name("strata-diffid".into())
+        .spawn(move || hash_forward(&rx, &tx_hashed))
+        .map_err(|e| Error::io("start the hashing thread", e))?;
     let unpacked = unpacker.unpack(ChannelReader {
-        rx,
+        rx: rx_hashed,
         current: Vec::new(),
         pos: 0,
         ended: false,
@@ -189,14 +197,21 @@ fn apply_to<R: Read + Send + 'static>(
     let decoded = decoder
         .join()
         .map_err(|_| Error::internal("the decoder thread panicked"))?;
-    let ((digest, size), stats) = match (decoded, unpacked) {
+    let hashed = hasher
+        .join()
+        .map_err(|_| Error::internal("the hashing thread panicked"))?;
+    let ((known, size), stats, hashed) = match (decoded, unpacked, hashed) {
         // The decoder's error (digest mismatch, corrupt compression) is the cause of whatever
         // the unpacker saw, unless the decoder only stopped because the unpacker did.
-        (Err(e), _) if !e.is(ErrorKind::Aborted) => return Err(e),
-        (_, Err(e)) => return Err(e),
-        (Err(e), Ok(_)) => return Err(e),
-        (Ok(d), Ok(stats)) => (d, stats),
+        (Err(e), _, _) if !e.is(ErrorKind::Aborted) => return Err(e),
+        (_, Err(e), _) => return Err(e),
+        (Err(e), Ok(_), _) => return Err(e),
+        (Ok(_), Ok(_), Err(e)) => return Err(e),
+        (Ok(d), Ok(stats), Ok(h)) => (d, stats, h),
     };
+    let digest = known
+        .or(hashed)
+        .ok_or_else(|| Error::internal("no diffID: neither known nor hashed"))?;
     if sync_fs {
         syncfs(&target.root)?;
     }
@@ -296,6 +311,8 @@ impl Read for ReadAhead {
 }
 
 enum Msg {
+    /// The stream's digest is known already (a verified plain blob): not hashed again.
+    SkipHash,
     Data(Vec<u8>),
     /// The whole stream was decoded and verified.
     End,
@@ -322,6 +339,7 @@ impl Read for ChannelReader {
                     self.pos = 0;
                 }
                 Ok(Msg::End) => self.ended = true,
+                Ok(Msg::SkipHash) => {}
                 Err(_) => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -356,22 +374,23 @@ fn fill<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-/// Sends the uncompressed stream of `r` down `tx`, hashing it. On a read error, `raw` (the
-/// compressed input under `r`) is read to its end so a digest mismatch, the real cause of
-/// corrupt data, is what gets reported.
+/// Sends the uncompressed stream of `r` down `tx` (to [`hash_forward`]). On a read error,
+/// `raw` (the compressed input under `r`) is read to its end so a digest mismatch, the real
+/// cause of corrupt data, is what gets reported.
 ///
 /// `known` is the stream's digest when the stream itself is verified as it is read (a plain
-/// layer read through [`Verified`]); it is not hashed again then.
+/// layer read through [`Verified`]): the hashing thread is told not to hash it again, and it
+/// is returned.
 fn pump<R: Read, B: Read>(
     r: &mut R,
     raw: impl FnOnce(&mut R) -> &mut B,
     tx: &SyncSender<Msg>,
     known: Option<&str>,
-) -> Result<(String, u64)> {
-    let mut hashing = match known {
-        Some(d) => Hashing::Known(d),
-        None => Hashing::Running(Box::new(Sha256::new())),
-    };
+) -> Result<(Option<String>, u64)> {
+    let stopped = || Error::new(ErrorKind::Aborted, "the unpacker stopped");
+    if known.is_some() {
+        tx.send(Msg::SkipHash).map_err(|_| stopped())?;
+    }
     let mut total = 0u64;
     loop {
         let mut buf = vec![0u8; CHUNK];
@@ -391,26 +410,35 @@ fn pump<R: Read, B: Read>(
             break;
         }
         buf.truncate(n);
-        if let Hashing::Running(h) = &mut hashing {
-            h.update(&buf);
-        }
         total += n as u64;
-        if tx.send(Msg::Data(buf)).is_err() {
-            return Err(Error::new(ErrorKind::Aborted, "the unpacker stopped"));
-        }
+        tx.send(Msg::Data(buf)).map_err(|_| stopped())?;
     }
-    let digest = match hashing {
-        Hashing::Known(d) => d.to_string(),
-        Hashing::Running(h) => format!("sha256:{}", hex::encode(h.finalize())),
-    };
-    Ok((digest, total))
+    Ok((known.map(str::to_string), total))
 }
 
-/// Where the uncompressed stream's digest comes from.
-enum Hashing<'a> {
-    /// Already known: the stream is the blob, verified against this digest as it is read.
-    Known(&'a str),
-    Running(Box<Sha256>),
+/// Between the decoder and the unpacker: hashes the uncompressed stream (the diffID) unless
+/// told it is known, and passes it on. Forwards the end only if the decoder sent it.
+fn hash_forward(rx: &Receiver<Msg>, tx: &SyncSender<Msg>) -> Result<Option<String>> {
+    let mut hasher = Some(Sha256::new());
+    loop {
+        match rx.recv() {
+            Ok(Msg::SkipHash) => hasher = None,
+            Ok(Msg::Data(d)) => {
+                if let Some(h) = &mut hasher {
+                    h.update(&d);
+                }
+                if tx.send(Msg::Data(d)).is_err() {
+                    return Err(Error::new(ErrorKind::Aborted, "the unpacker stopped"));
+                }
+            }
+            Ok(Msg::End) => {
+                let _ = tx.send(Msg::End);
+                return Ok(hasher.map(|h| format!("sha256:{}", hex::encode(h.finalize()))));
+            }
+            // Dropping `tx` without an end tells the unpacker the stream broke.
+            Err(_) => return Err(Error::new(ErrorKind::Aborted, "the decoder stopped")),
+        }
+    }
 }
 
 fn drain<B: Read>(b: &mut B) -> Result<()> {
@@ -424,7 +452,7 @@ fn decode<R: Read>(
     c: Compression,
     tx: SyncSender<Msg>,
     verified_digest: Option<String>,
-) -> Result<(String, u64)> {
+) -> Result<(Option<String>, u64)> {
     let mut input = BufReader::with_capacity(CHUNK, blob);
     let c = match c {
         Compression::Detect => {
