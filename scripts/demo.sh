@@ -54,7 +54,10 @@ mkdir -p "$demo"
 step "starting strata-snapshotter, strata-content, strata-differ on $demo/*.sock"
 for name in snapshotter content differ; do
   extra=()
-  [[ $name == differ ]] && extra=(--content-address "$demo/ctd/containerd.sock")
+  # The differ writes through containerd's content service and reads layer blobs straight
+  # from strata-content's directory.
+  [[ $name == differ ]] && extra=(--content-address "$demo/ctd/containerd.sock"
+                                  --content-root "$demo/state/content")
   "$bin/strata-$name" --address "$demo/$name.sock" --root "$demo/state/$name" \
     --log-level info "${extra[@]}" 2>"$demo/$name.log" &
   echo $! >"$demo/$name.pid"
@@ -80,7 +83,8 @@ step "building the busybox image fixture; importing it into strata (content, dif
 "$bin/strata-mkimage" busybox --compression gzip --out "$demo/busybox.tar" >/dev/null
 ctr images import --snapshotter strata "$demo/busybox.tar"
 image=$(ctr images ls -q | head -n1)
-echo "layers applied by strata-differ: $(grep -c 'strata-differ applied layer' "$demo/differ.log" || true)"
+echo "layers applied by strata-differ: $(grep -c 'strata-differ applied layer' "$demo/differ.log" || true)" \
+     "(read from blob files: $(grep 'strata-differ applied layer' "$demo/differ.log" | grep -c 'source="file"' || true))"
 
 step "blobs served by strata-content (ctr content ls) and stored under its root"
 ctr content ls
