@@ -1,5 +1,6 @@
 //! A list of [`Change`]s as a tar layer, the way containerd's `archive.ChangeWriter` writes it:
-//! deletions as `.wh.<name>` entries with zero times, directories with a trailing `/`,
+//! deletions as `.wh.<name>` entries with zero times, directories with a trailing `/`, the
+//! parent directory of every entry written before it (once),
 //! modification times truncated to the second (and clamped to `source_date_epoch`), access and
 //! change times dropped, owners by number only, `security.capability` as a PAX xattr record,
 //! sockets skipped, and a changed file's other names written as hardlinks to it.
@@ -7,9 +8,10 @@
 //! The bytes depend only on the trees: USTAR headers, PAX records only for what USTAR cannot
 //! hold (long names, big numbers, xattrs), records sorted by key.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::Metadata;
 use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
@@ -46,6 +48,7 @@ pub fn write_layer<W: Write>(
         stats: LayerStats::default(),
         inode_source: HashMap::new(),
         inode_refs: HashMap::new(),
+        added_dirs: HashSet::new(),
         buf: vec![0u8; 1 << 20],
     };
     for c in changes {
@@ -65,6 +68,8 @@ struct LayerWriter<'a, W> {
     inode_source: HashMap<(u64, u64), Vec<u8>>,
     /// Unchanged names of a hardlinked inode seen before any changed one.
     inode_refs: HashMap<(u64, u64), Vec<Vec<u8>>>,
+    /// Directories written so far (without the trailing `/`).
+    added_dirs: HashSet<Vec<u8>>,
     buf: Vec<u8>,
 }
 
@@ -218,8 +223,34 @@ impl<W: Write> LayerWriter<'_, W> {
     }
 
     fn header(&mut self, h: &Header<'_>) -> io::Result<()> {
+        let name = h.name.strip_suffix(b"/").unwrap_or(h.name);
+        self.include_parent(name)?;
+        if h.typeflag == b'5' {
+            self.added_dirs.insert(name.to_vec());
+        }
         self.stats.entries += 1;
         write_header(self.w, h)
+    }
+
+    /// Writes the parent directory of `name` first if no entry for it went out yet, as
+    /// containerd's ChangeWriter does (`includeParents`): the layer then carries the
+    /// metadata (mtime above all) of every directory it changes something in.
+    fn include_parent(&mut self, name: &[u8]) -> io::Result<()> {
+        let (parent, _) = split_parent(name);
+        let Some(parent) = parent.strip_suffix(b"/") else {
+            return Ok(());
+        };
+        if !self.added_dirs.insert(parent.to_vec()) {
+            return Ok(());
+        }
+        let path = Path::new(std::ffi::OsStr::from_bytes(parent));
+        let meta = std::fs::symlink_metadata(self.upper.join(path))?;
+        let c = Change {
+            kind: Kind::Modify,
+            path: path.to_path_buf(),
+            meta: Some(meta.clone()),
+        };
+        self.entry(&c, parent, &meta)
     }
 }
 

@@ -124,7 +124,7 @@ async fn diff_commits_a_labelled_layer_and_a_ref_can_be_reused() {
         .into_iter()
         .map(|e| String::from_utf8(e.name).unwrap())
         .collect();
-    assert_eq!(names, ["etc/a", "etc/.wh.b", "new"]);
+    assert_eq!(names, ["etc/", "etc/a", "etc/.wh.b", "new"]);
 
     let mut content = ContentClient::new(unix_channel(env.content.socket()));
     let info = content

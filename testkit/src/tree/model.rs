@@ -626,9 +626,16 @@ fn compare_nodes(p: &Path, x: &Node, y: &Node, opts: &Compare, out: &mut Vec<Str
         ));
     }
     let skip_mtime = opts.ignore_mtimes || (opts.ignore_dir_mtimes && x.kind.is_dir());
+    let differ = |t1: Timestamp, t2: Timestamp| {
+        if opts.mtimes_to_the_second {
+            t1.secs != t2.secs
+        } else {
+            t1 != t2
+        }
+    };
     if !skip_mtime
         && let (Some(t1), Some(t2)) = (x.mtime, y.mtime)
-        && t1 != t2
+        && differ(t1, t2)
     {
         out.push(format!("{p}: mtime {t1} != {t2}"));
     }
@@ -665,6 +672,9 @@ pub struct Compare {
     /// Directories' mtimes (they change whenever an entry is added or removed inside).
     pub ignore_dir_mtimes: bool,
     pub ignore_mtimes: bool,
+    /// Compare mtimes to the second only: layers written as containerd writes them (and
+    /// strata's Diff) truncate them.
+    pub mtimes_to_the_second: bool,
     /// The root directory's own metadata.
     pub ignore_root: bool,
     /// Extended attributes whose names start with one of these prefixes (e.g.
@@ -685,6 +695,11 @@ impl Compare {
 
     pub fn ignore_mtimes(mut self) -> Compare {
         self.ignore_mtimes = true;
+        self
+    }
+
+    pub fn mtimes_to_the_second(mut self) -> Compare {
+        self.mtimes_to_the_second = true;
         self
     }
 
@@ -849,6 +864,14 @@ mod tests {
         let relaxed = Compare::strict().ignore_dir_mtimes().ignore_hardlinks();
         assert!(!a.diff_with(&b, &relaxed).join("\n").contains("mtime"));
         assert!(!a.diff_with(&b, &relaxed).join("\n").contains("hard links"));
+
+        let x = Tree::from_changes(&crate::tree![file("f", "f").mtime_ns(5, 999)]).unwrap();
+        let y = Tree::from_changes(&crate::tree![file("f", "f").mtime(5)]).unwrap();
+        let z = Tree::from_changes(&crate::tree![file("f", "f").mtime(6)]).unwrap();
+        assert!(!x.diff(&y).is_empty());
+        let seconds = Compare::strict().mtimes_to_the_second();
+        assert!(x.diff_with(&y, &seconds).is_empty());
+        assert!(!x.diff_with(&z, &seconds).is_empty());
     }
 
     #[test]
