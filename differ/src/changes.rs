@@ -71,9 +71,21 @@ impl From<io::Error> for OverlayError {
 /// everything in it is added.
 pub fn double_walk(lower: Option<&Path>, upper: &Path) -> io::Result<Vec<Change>> {
     let mut out = Vec::new();
-    walk_pair(lower, upper, Path::new(""), false, &mut out)?;
+    double_walk_into(lower, upper, &mut |c| {
+        out.push(c);
+        Ok(())
+    })?;
     Ok(out)
 }
+
+/// [`double_walk`], handing each change to `emit` as it is found (memory does not grow with
+/// the number of changes).
+pub fn double_walk_into(lower: Option<&Path>, upper: &Path, emit: &mut Emit<'_>) -> io::Result<()> {
+    walk_pair(lower, upper, Path::new(""), false, emit)
+}
+
+/// Where changes go, in layer order.
+pub type Emit<'a> = dyn FnMut(Change) -> io::Result<()> + 'a;
 
 /// `in_upperdir`: `upper_root` is an overlay upperdir (under an opaque directory), whose
 /// whiteouts are not entries.
@@ -82,7 +94,7 @@ fn walk_pair(
     upper_root: &Path,
     rel: &Path,
     in_upperdir: bool,
-    out: &mut Vec<Change>,
+    out: &mut Emit<'_>,
 ) -> io::Result<()> {
     let mut upper_names = sorted_names(&upper_root.join(rel))?;
     if in_upperdir {
@@ -108,14 +120,14 @@ fn walk_pair(
         match order {
             std::cmp::Ordering::Less => {
                 // Only in the lower tree. A deleted directory's children go with it.
-                out.push(Change::new(Kind::Delete, rel.join(&lower_names[i]), None));
+                out(Change::new(Kind::Delete, rel.join(&lower_names[i]), None))?;
                 i += 1;
             }
             std::cmp::Ordering::Greater => {
                 let path = rel.join(&upper_names[j]);
                 let meta = fs::symlink_metadata(upper_root.join(&path))?;
                 let is_dir = meta.is_dir();
-                out.push(Change::new(Kind::Add, path.clone(), Some(meta)));
+                out(Change::new(Kind::Add, path.clone(), Some(meta)))?;
                 if is_dir {
                     walk_pair(None, upper_root, &path, in_upperdir, out)?;
                 }
@@ -153,16 +165,16 @@ fn push_compared(
     lmeta: &Metadata,
     upper: &Path,
     umeta: Metadata,
-    out: &mut Vec<Change>,
+    out: &mut Emit<'_>,
 ) -> io::Result<()> {
     if !same_file(lower, lmeta, upper, &umeta)? {
-        out.push(Change::new(Kind::Modify, path.to_path_buf(), Some(umeta)));
+        out(Change::new(Kind::Modify, path.to_path_buf(), Some(umeta)))?;
     } else if is_linked(&umeta) {
-        out.push(Change::new(
+        out(Change::new(
             Kind::Unmodified,
             path.to_path_buf(),
             Some(umeta),
-        ));
+        ))?;
     }
     Ok(())
 }
@@ -175,10 +187,25 @@ pub fn overlay_upper(
     upperdir: &Path,
     opaque_xattr: &str,
 ) -> Result<Vec<Change>, OverlayError> {
-    let xattrs = OverlayXattrs::new(opaque_xattr);
     let mut out = Vec::new();
-    walk_upper(lower, upperdir, Path::new(""), &xattrs, &mut out)?;
+    overlay_upper_into(lower, upperdir, opaque_xattr, &mut |c| {
+        out.push(c);
+        Ok(())
+    })?;
     Ok(out)
+}
+
+/// [`overlay_upper`], handing each change to `emit` as it is found. On
+/// [`OverlayError::Unsupported`] some changes may have gone out already: the caller starts
+/// over with [`double_walk_into`].
+pub fn overlay_upper_into(
+    lower: Option<&Path>,
+    upperdir: &Path,
+    opaque_xattr: &str,
+    emit: &mut Emit<'_>,
+) -> Result<(), OverlayError> {
+    let xattrs = OverlayXattrs::new(opaque_xattr);
+    walk_upper(lower, upperdir, Path::new(""), &xattrs, emit)
 }
 
 struct OverlayXattrs {
@@ -207,7 +234,7 @@ fn walk_upper(
     upperdir: &Path,
     rel: &Path,
     xattrs: &OverlayXattrs,
-    out: &mut Vec<Change>,
+    out: &mut Emit<'_>,
 ) -> Result<(), OverlayError> {
     for name in sorted_names(&upperdir.join(rel))? {
         let path = rel.join(&name);
@@ -221,7 +248,7 @@ fn walk_upper(
         if is_overlay_whiteout(&umeta) {
             // A whiteout of something the lower tree does not have hides nothing.
             if lmeta.is_some() {
-                out.push(Change::new(Kind::Delete, path, None));
+                out(Change::new(Kind::Delete, path, None))?;
             }
             continue;
         }
@@ -240,7 +267,7 @@ fn walk_upper(
         let is_dir = umeta.is_dir();
         match (&lower, &lmeta) {
             (Some(l), Some(lm)) => push_compared(&path, l, lm, &u, umeta, out)?,
-            _ => out.push(Change::new(Kind::Add, path.clone(), Some(umeta))),
+            _ => out(Change::new(Kind::Add, path.clone(), Some(umeta)))?,
         }
         if is_dir {
             let lower_is_dir = lmeta.as_ref().is_some_and(Metadata::is_dir);

@@ -6,8 +6,9 @@
 //!        -> tar (layer) -> sha256 = diffID -> compress (gzip/zstd on every core)
 //!        -> 1 MiB WRITEs -> content service -> COMMIT (+ containerd.io/uncompressed)
 //! ```
-//! Nothing but file metadata is held in memory: the change list (a few hundred bytes per
-//! changed path) and a handful of 1 MiB buffers in flight.
+//! Changes stream into the tar as they are found: memory holds the hard-link groups and the
+//! directories written so far (as containerd's ChangeWriter does) and a handful of 1 MiB
+//! buffers in flight, whatever the layer's size.
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -21,10 +22,10 @@ use strata_proto::diff::DiffRequest;
 use strata_proto::types::{Descriptor, Mount};
 use tracing::{info, warn};
 
-use crate::changes::{self, Change, OverlayError};
+use crate::changes::{self, Change, Emit, OverlayError};
 use crate::compress::{self, Compressor, Levels};
 use crate::fetch::Fetcher;
-use crate::layer::{self, LayerOptions, LayerStats};
+use crate::layer::{LayerOptions, LayerStats, LayerWriter};
 use crate::media::{self, Compression};
 use crate::target::{self, TempMount};
 use crate::upload::{self, BlobSink, Committed, UNCOMPRESSED_LABEL, Uploader};
@@ -204,13 +205,11 @@ fn produce(
     compression: Compression,
     levels: Levels,
     opts: &LayerOptions,
-    sink: BlobSink,
+    mut sink: BlobSink,
     mut labels: HashMap<String, String>,
 ) -> Result<Produced> {
-    let (changes, root, method, mounted) = find_changes(lower, upper, scratch)?;
-    let (sink, diff_id, stats) = write_compressed(&changes, &root, opts, compression, levels, sink)
-        .map_err(|e| Error::io("write the layer", e))?;
-    drop(mounted);
+    let (diff_id, stats, method) =
+        write_diff(lower, upper, scratch, opts, compression, levels, &mut sink)?;
     if let Some(d) = &diff_id {
         labels.insert(UNCOMPRESSED_LABEL.to_string(), d.clone());
     }
@@ -240,31 +239,66 @@ impl Drop for Mounted {
     }
 }
 
-/// The changes from `lower` to `upper`, the directory to read upper files from, and how
-/// they were found.
-pub fn find_changes(
+/// Output a layer can be written into, and started over when the overlay fast path has to
+/// give way to a full walk halfway through.
+pub trait Restart {
+    fn restart(&mut self) -> io::Result<()>;
+}
+
+impl Restart for Vec<u8> {
+    fn restart(&mut self) -> io::Result<()> {
+        self.clear();
+        Ok(())
+    }
+}
+
+impl Restart for BlobSink {
+    fn restart(&mut self) -> io::Result<()> {
+        BlobSink::restart(self);
+        Ok(())
+    }
+}
+
+/// Writes the layer from `lower` to `upper` into `out`, compressed, as the changes are found
+/// (the overlay upperdir alone when it can, both trees otherwise): its diffID (`None` when
+/// uncompressed, see [`write_compressed`]), its stats and how the changes were found.
+pub fn write_diff<W: Write + Restart>(
     lower: &[Mount],
     upper: &[Mount],
     scratch: &Path,
-) -> Result<(Vec<Change>, PathBuf, Method, Mounted)> {
+    opts: &LayerOptions,
+    compression: Compression,
+    levels: Levels,
+    out: &mut W,
+) -> Result<(Option<String>, LayerStats, Method)> {
     let mut mounted = Mounted::default();
     let lower_root = root_of(lower, scratch, &mut mounted)?;
     if let Some((upperdir, opaque)) = overlay_fast_path(lower, upper) {
-        match changes::overlay_upper(lower_root.as_deref(), &upperdir, opaque) {
-            Ok(c) => return Ok((c, upperdir, Method::OverlayUpper, mounted)),
+        let written = layer_of(&upperdir, opts, compression, levels, &mut *out, |emit| {
+            changes::overlay_upper_into(lower_root.as_deref(), &upperdir, opaque, emit)
+        });
+        match written {
+            Ok((diff_id, stats)) => return Ok((diff_id, stats, Method::OverlayUpper)),
             Err(OverlayError::Unsupported(why)) => {
                 info!(%why, "overlay upperdir not readable on its own; walking both trees");
+                out.restart()
+                    .map_err(|e| Error::io("start the layer over", e))?;
             }
             Err(OverlayError::Io(e)) => {
-                return Err(Error::io(format!("walk {}", upperdir.display()), e));
+                return Err(Error::io(
+                    format!("write the layer of {}", upperdir.display()),
+                    e,
+                ));
             }
         }
     }
     let upper_root = root_of(upper, scratch, &mut mounted)?
         .ok_or_else(|| Error::invalid_argument("diff needs the upper (right) mounts"))?;
-    let c = changes::double_walk(lower_root.as_deref(), &upper_root)
-        .map_err(|e| Error::io("compare the trees", e))?;
-    Ok((c, upper_root, Method::DoubleWalk, mounted))
+    let (diff_id, stats) = layer_of(&upper_root, opts, compression, levels, out, |emit| {
+        changes::double_walk_into(lower_root.as_deref(), &upper_root, emit)
+    })
+    .map_err(|e| Error::io("write the layer", e))?;
+    Ok((diff_id, stats, Method::DoubleWalk))
 }
 
 /// A directory showing `mounts` read-only: a bind mount's source as it is, anything else
@@ -341,19 +375,40 @@ pub fn write_compressed<W: Write>(
     opts: &LayerOptions,
     compression: Compression,
     levels: Levels,
-    out: W,
+    mut out: W,
 ) -> io::Result<(W, Option<String>, LayerStats)> {
+    let (diff_id, stats) = layer_of(root, opts, compression, levels, &mut out, |emit| {
+        changes.iter().try_for_each(|c| emit(c.clone()))
+    })?;
+    Ok((out, diff_id, stats))
+}
+
+/// The layer of the changes `walk` emits, reading upper files under `root`, written through
+/// `compression` into `out`: its diffID (when compressed) and stats.
+fn layer_of<W: Write, E: From<io::Error>>(
+    root: &Path,
+    opts: &LayerOptions,
+    compression: Compression,
+    levels: Levels,
+    out: &mut W,
+    walk: impl FnOnce(&mut Emit<'_>) -> std::result::Result<(), E>,
+) -> std::result::Result<(Option<String>, LayerStats), E> {
     let compressor = Compressor::new(out, compression, levels, compress::workers())?;
     let mut tar = Hashing {
         inner: io::BufWriter::with_capacity(256 << 10, compressor),
         hasher: (compression != Compression::None).then(Sha256::new),
     };
-    let stats = layer::write_layer(changes, root, opts, &mut tar)?;
+    let stats = {
+        let mut lw = LayerWriter::new(&mut tar, root, opts);
+        walk(&mut |c| lw.change(&c))?;
+        lw.finish()?
+    };
     let diff_id = tar
         .hasher
         .map(|h| format!("sha256:{}", hex::encode(h.finalize())));
     let compressor = tar.inner.into_inner().map_err(|e| e.into_error())?;
-    Ok((compressor.finish()?, diff_id, stats))
+    compressor.finish()?;
+    Ok((diff_id, stats))
 }
 
 #[cfg(test)]

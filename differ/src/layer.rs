@@ -41,25 +41,15 @@ pub fn write_layer<W: Write>(
     opts: &LayerOptions,
     w: &mut W,
 ) -> io::Result<LayerStats> {
-    let mut lw = LayerWriter {
-        w,
-        upper,
-        opts: *opts,
-        stats: LayerStats::default(),
-        inode_source: HashMap::new(),
-        inode_refs: HashMap::new(),
-        added_dirs: HashSet::new(),
-        buf: vec![0u8; 1 << 20],
-    };
+    let mut lw = LayerWriter::new(w, upper, opts);
     for c in changes {
         lw.change(c)?;
     }
-    // Two zero blocks end the archive.
-    lw.w.write_all(&[0u8; 2 * BLOCK])?;
-    Ok(lw.stats)
+    lw.finish()
 }
 
-struct LayerWriter<'a, W> {
+/// Writes changes into a tar stream one at a time, in the order they come.
+pub struct LayerWriter<'a, W> {
     w: &'a mut W,
     upper: &'a Path,
     opts: LayerOptions,
@@ -73,8 +63,28 @@ struct LayerWriter<'a, W> {
     buf: Vec<u8>,
 }
 
-impl<W: Write> LayerWriter<'_, W> {
-    fn change(&mut self, c: &Change) -> io::Result<()> {
+impl<'a, W: Write> LayerWriter<'a, W> {
+    /// Reads upper files under `upper`.
+    pub fn new(w: &'a mut W, upper: &'a Path, opts: &LayerOptions) -> LayerWriter<'a, W> {
+        LayerWriter {
+            w,
+            upper,
+            opts: *opts,
+            stats: LayerStats::default(),
+            inode_source: HashMap::new(),
+            inode_refs: HashMap::new(),
+            added_dirs: HashSet::new(),
+            buf: vec![0u8; 1 << 20],
+        }
+    }
+
+    /// Ends the archive (two zero blocks).
+    pub fn finish(self) -> io::Result<LayerStats> {
+        self.w.write_all(&[0u8; 2 * BLOCK])?;
+        Ok(self.stats)
+    }
+
+    pub fn change(&mut self, c: &Change) -> io::Result<()> {
         let path = changes::path_bytes(&c.path);
         match c.kind {
             Kind::Delete => {

@@ -264,6 +264,13 @@ impl BlobSink {
         self.send(WriteContentRequest { data, ..req })
     }
 
+    /// Starts the blob over: the next WRITE goes at offset 0, which truncates the ingest.
+    pub fn restart(&mut self) {
+        self.buf.clear();
+        self.offset = 0;
+        self.hasher = Sha256::new();
+    }
+
     /// Sends what is buffered and the COMMIT (size, digest, `labels`).
     pub fn commit(mut self, labels: HashMap<String, String>) -> io::Result<Committed> {
         self.send_buffered()?;
