@@ -24,6 +24,7 @@ use tracing::info;
 
 use crate::fetch::{self, BlobReader, Fetcher, Verified};
 use crate::media::{self, Compression};
+use crate::read_full::read_full;
 use crate::resolve::Root;
 use crate::target::Target;
 use crate::unpack::{Stats, Unpacker};
@@ -253,7 +254,7 @@ impl ReadAhead {
             .spawn(move || {
                 loop {
                     let mut buf = vec![0u8; CHUNK];
-                    match fill(&mut inner, &mut buf) {
+                    match read_full(&mut inner, &mut buf) {
                         Ok(n) => {
                             buf.truncate(n);
                             let end = n == 0;
@@ -360,20 +361,6 @@ fn read_error(e: io::Error, what: &str) -> Error {
     fetch::verify_error(&e).unwrap_or_else(|| Error::invalid_argument(format!("{what}: {e}")))
 }
 
-/// Fills `buf` as far as the reader allows; short only at the end.
-fn fill<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
 /// Sends the uncompressed stream of `r` down `tx` (to [`hash_forward`]). On a read error,
 /// `raw` (the compressed input under `r`) is read to its end so a digest mismatch, the real
 /// cause of corrupt data, is what gets reported.
@@ -394,7 +381,7 @@ fn pump<R: Read, B: Read>(
     let mut total = 0u64;
     loop {
         let mut buf = vec![0u8; CHUNK];
-        let n = match fill(r, &mut buf) {
+        let n = match read_full(r, &mut buf) {
             Ok(n) => n,
             Err(e) => {
                 if fetch::verify_error(&e).is_none()

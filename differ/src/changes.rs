@@ -16,12 +16,13 @@
 
 use std::ffi::OsStr;
 use std::fs::{self, File, Metadata};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::resolve;
+use crate::read_full;
+use crate::resolve::{self, Follow};
 
 /// The extended attribute a layer carries (containerd's walking differ carries only this one).
 pub const CAPABILITY: &[u8] = b"security.capability";
@@ -361,46 +362,19 @@ pub fn capability(path: &Path) -> io::Result<Option<Vec<u8>>> {
 /// or when the filesystem has no xattrs.
 pub fn lget_xattr(path: &Path, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
     let p = resolve::cstring(path_bytes(path))?;
-    let k = resolve::cstring(key)?;
-    let mut buf = vec![0u8; 256];
-    loop {
-        // SAFETY: both strings are NUL-terminated; buf is valid for buf.len() bytes.
-        let n =
-            unsafe { libc::lgetxattr(p.as_ptr(), k.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n >= 0 {
-            buf.truncate(n as usize);
-            return Ok(Some(buf));
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::ERANGE) if buf.len() < (1 << 20) => buf.resize(buf.len() * 16, 0),
-            Some(libc::ENODATA) | Some(libc::ENOTSUP) => return Ok(None),
-            _ => return Err(e),
-        }
+    match resolve::get_xattr_of(&p, key, Follow::No) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENODATA) | Some(libc::ENOTSUP)) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
 /// The xattr names of `path` itself (a symlink is not followed).
 fn llist_xattrs(path: &Path) -> io::Result<Vec<Vec<u8>>> {
     let p = resolve::cstring(path_bytes(path))?;
-    let mut buf = vec![0u8; 1024];
-    loop {
-        // SAFETY: p is NUL-terminated; buf is valid for buf.len() bytes.
-        let n = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n >= 0 {
-            buf.truncate(n as usize);
-            return Ok(buf
-                .split(|b| *b == 0)
-                .filter(|s| !s.is_empty())
-                .map(<[u8]>::to_vec)
-                .collect());
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::ERANGE) if buf.len() < (1 << 20) => buf.resize(buf.len() * 16, 0),
-            Some(libc::ENOTSUP) => return Ok(Vec::new()),
-            _ => return Err(e),
-        }
+    match resolve::list_xattrs_of(&p, Follow::No) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => Ok(Vec::new()),
+        r => r,
     }
 }
 
@@ -410,8 +384,8 @@ fn same_content(a: &Path, b: &Path) -> io::Result<bool> {
     let mut ba = vec![0u8; 256 << 10];
     let mut bb = vec![0u8; 256 << 10];
     loop {
-        let na = read_full(&mut fa, &mut ba)?;
-        let nb = read_full(&mut fb, &mut bb)?;
+        let na = read_full::read_full(&mut fa, &mut ba)?;
+        let nb = read_full::read_full(&mut fb, &mut bb)?;
         if na != nb || ba[..na] != bb[..nb] {
             return Ok(false);
         }
@@ -427,20 +401,6 @@ pub fn open_nofollow(p: &Path) -> io::Result<File> {
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(p)
-}
-
-/// Reads until `buf` is full or the input ends.
-pub fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// A path's bytes, for tar names.

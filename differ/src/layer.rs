@@ -16,6 +16,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use crate::changes::{self, Change, Kind};
+use crate::read_full::read_full;
 
 const BLOCK: usize = 512;
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
@@ -216,7 +217,7 @@ impl<'a, W: Write> LayerWriter<'a, W> {
         let mut left = size;
         while left > 0 {
             let want = left.min(self.buf.len() as u64) as usize;
-            let n = changes::read_full(&mut f, &mut self.buf[..want])?;
+            let n = read_full(&mut f, &mut self.buf[..want])?;
             if n == 0 {
                 return Err(changed(path));
             }

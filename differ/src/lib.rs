@@ -19,6 +19,7 @@ pub mod config;
 pub mod fetch;
 pub mod layer;
 pub mod media;
+pub mod read_full;
 pub mod resolve;
 pub mod service;
 pub mod target;

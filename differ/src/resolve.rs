@@ -289,44 +289,19 @@ pub fn lsetxattr_at(dir: RawFd, name: &[u8], key: &str, value: &[u8]) -> io::Res
     .map(drop)
 }
 
-/// The xattr names of what `path` leads to, following symlinks: `/proc/self/fd/<fd>` of an
-/// `O_PATH` fd reaches the inode itself.
-pub fn list_xattrs(path: &CStr) -> io::Result<Vec<Vec<u8>>> {
-    let mut buf = vec![0u8; 4096];
-    loop {
-        // SAFETY: buf is valid for buf.len() bytes.
-        let n = unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n >= 0 {
-            buf.truncate(n as usize);
-            return Ok(buf
-                .split(|b| *b == 0)
-                .filter(|s| !s.is_empty())
-                .map(<[u8]>::to_vec)
-                .collect());
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ERANGE) && buf.len() < (1 << 20) {
-            buf.resize(buf.len() * 4, 0);
-            continue;
-        }
-        return Err(e);
-    }
+/// Whether an xattr call follows a symlink in the last component.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Follow {
+    Yes,
+    /// `llistxattr`/`lgetxattr`: the symlink itself.
+    No,
 }
 
-/// The value of xattr `key` of what `path` leads to, following symlinks.
-pub fn get_xattr(path: &CStr, key: &[u8]) -> io::Result<Vec<u8>> {
-    let k = cstring(key)?;
-    let mut buf = vec![0u8; 4096];
+/// Runs an xattr read syscall with a buffer grown until the answer fits (ERANGE).
+fn xattr_buf(mut call: impl FnMut(&mut [u8]) -> isize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 1024];
     loop {
-        // SAFETY: buf is valid for buf.len() bytes.
-        let n = unsafe {
-            libc::getxattr(
-                path.as_ptr(),
-                k.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
+        let n = call(&mut buf);
         if n >= 0 {
             buf.truncate(n as usize);
             return Ok(buf);
@@ -338,6 +313,59 @@ pub fn get_xattr(path: &CStr, key: &[u8]) -> io::Result<Vec<u8>> {
         }
         return Err(e);
     }
+}
+
+/// The xattr names of `path` (following symlinks or not): `/proc/self/fd/<fd>` of an
+/// `O_PATH` fd, followed, reaches the inode itself.
+pub fn list_xattrs_of(path: &CStr, follow: Follow) -> io::Result<Vec<Vec<u8>>> {
+    let names = xattr_buf(|buf| {
+        // SAFETY: path is NUL-terminated; buf is valid for buf.len() bytes.
+        unsafe {
+            match follow {
+                Follow::Yes => libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()),
+                Follow::No => libc::llistxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()),
+            }
+        }
+    })?;
+    Ok(names
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect())
+}
+
+/// The value of xattr `key` of `path` (following symlinks or not).
+pub fn get_xattr_of(path: &CStr, key: &[u8], follow: Follow) -> io::Result<Vec<u8>> {
+    let k = cstring(key)?;
+    xattr_buf(|buf| {
+        // SAFETY: both strings are NUL-terminated; buf is valid for buf.len() bytes.
+        unsafe {
+            match follow {
+                Follow::Yes => libc::getxattr(
+                    path.as_ptr(),
+                    k.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                ),
+                Follow::No => libc::lgetxattr(
+                    path.as_ptr(),
+                    k.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                ),
+            }
+        }
+    })
+}
+
+/// The xattr names of what `path` leads to, following symlinks.
+pub fn list_xattrs(path: &CStr) -> io::Result<Vec<Vec<u8>>> {
+    list_xattrs_of(path, Follow::Yes)
+}
+
+/// The value of xattr `key` of what `path` leads to, following symlinks.
+pub fn get_xattr(path: &CStr, key: &[u8]) -> io::Result<Vec<u8>> {
+    get_xattr_of(path, key, Follow::Yes)
 }
 
 /// Removes `name` in `dir` and, if it is a directory, everything below it, never following

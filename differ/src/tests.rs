@@ -19,12 +19,7 @@ use crate::media;
 use crate::resolve::{Root, openat2_in_root};
 
 fn bind(dir: &Path) -> Mount {
-    Mount {
-        r#type: "bind".into(),
-        source: dir.display().to_string(),
-        target: String::new(),
-        options: vec!["rbind".into(), "rw".into()],
-    }
+    Mount::bind(dir, false)
 }
 
 fn overlay(upper: &Path, work: &Path, lowers: &[PathBuf]) -> Mount {

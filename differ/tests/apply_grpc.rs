@@ -208,12 +208,7 @@ async fn start_with(content: FakeContent, fallback: Option<&str>, root: Option<&
 }
 
 fn bind(dir: &Path) -> Mount {
-    Mount {
-        r#type: "bind".into(),
-        source: dir.display().to_string(),
-        target: String::new(),
-        options: vec!["rbind".into(), "rw".into()],
-    }
+    Mount::bind(dir, false)
 }
 
 fn desc(layer: &Layer) -> Descriptor {

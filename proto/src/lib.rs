@@ -37,6 +37,19 @@ pub use containerd::types;
 pub use prost::Message;
 pub use prost_types;
 
+impl types::Mount {
+    /// A recursive bind mount of `source` as containerd hands them out (`rbind`, and `ro` or
+    /// `rw`).
+    pub fn bind(source: &std::path::Path, readonly: bool) -> types::Mount {
+        types::Mount {
+            r#type: "bind".into(),
+            source: source.display().to_string(),
+            target: String::new(),
+            options: vec!["rbind".into(), if readonly { "ro" } else { "rw" }.into()],
+        }
+    }
+}
+
 #[cfg(test)]
 mod wire_tests {
     //! Field numbers and names checked against the bytes containerd's Go structs produce, so a

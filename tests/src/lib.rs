@@ -5,6 +5,7 @@
 //! Everything here needs root, runc and (once per machine) network access to Debian's archive;
 //! a missing prerequisite is an error that names it, never a silent skip.
 
+pub mod bench;
 pub mod config;
 pub mod containerd;
 pub mod ctr;

@@ -1,7 +1,13 @@
 //! strata's plugins plus a private containerd wired to them: what an end-to-end test starts.
 
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use strata_testkit::image::Image;
+
 use crate::containerd::{Containerd, ContainerdDir, ContainerdOptions};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::plugins::{PluginSet, Plugins, PluginsOptions};
 use crate::proxy::ProxyPlugins;
 use crate::version::Version;
@@ -137,8 +143,97 @@ impl Stack {
             .unwrap_or(0)
     }
 
+    /// `ctr images import EXTRA... ARCHIVE` of `image`, written to an archive in containerd's
+    /// dir first.
+    pub fn import(&self, image: &Image, extra: &[&str]) -> Result<()> {
+        let archive = self
+            .containerd
+            .dir()
+            .path()
+            .join(format!("{}.tar", crate::ids::unique_name("img")));
+        image
+            .write_archive(&archive)
+            .map_err(|e| Error::io(format!("writing {}", archive.display()), e))?;
+        let mut args: Vec<&OsStr> = vec![OsStr::new("images"), OsStr::new("import")];
+        args.extend(extra.iter().map(OsStr::new));
+        args.push(archive.as_os_str());
+        self.containerd.try_ctr_ok(&args).map(drop)
+    }
+
+    /// `ctr snapshots --snapshotter S VERB -t DIR KEY PARENT` (`view` or `prepare`), and the
+    /// mount command it prints run: the snapshot mounted on a new dir.
+    pub fn mount_snapshot(
+        &self,
+        snapshotter: &str,
+        verb: &str,
+        key: &str,
+        parent: &str,
+    ) -> Result<Mounted> {
+        let target = self.mount_point()?;
+        let t = target.to_string_lossy().into_owned();
+        let args = [
+            "snapshots",
+            "--snapshotter",
+            snapshotter,
+            verb,
+            "-t",
+            &t,
+            key,
+            parent,
+        ];
+        self.run_printed_mount(&args, target)
+    }
+
+    /// The active snapshot `key` mounted again on a new dir (`ctr snapshots mounts`).
+    pub fn mount_active(&self, snapshotter: &str, key: &str) -> Result<Mounted> {
+        let target = self.mount_point()?;
+        let t = target.to_string_lossy().into_owned();
+        let args = ["snapshots", "--snapshotter", snapshotter, "mounts", &t, key];
+        self.run_printed_mount(&args, target)
+    }
+
+    fn mount_point(&self) -> Result<PathBuf> {
+        let target = self
+            .containerd
+            .dir()
+            .path()
+            .join(crate::ids::unique_name("mnt"));
+        std::fs::create_dir_all(&target)
+            .map_err(|e| Error::io(format!("creating {}", target.display()), e))?;
+        Ok(target)
+    }
+
+    fn run_printed_mount(&self, args: &[&str], target: PathBuf) -> Result<Mounted> {
+        let line = self.containerd.try_ctr_ok(args)?;
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(line.trim())
+            .status()
+            .map_err(|e| Error::io(format!("running {line}"), e))?;
+        if !status.success() {
+            return Err(Error::new(format!("{} failed: {status}", line.trim())));
+        }
+        Ok(Mounted(target))
+    }
+
     /// Every log tail (containerd's and the plugins'), for assertion messages.
     pub fn log_tails(&self) -> String {
         self.containerd.log_tails()
+    }
+}
+
+/// A mounted snapshot, unmounted when dropped (so a failed assertion leaves nothing mounted).
+#[derive(Debug)]
+pub struct Mounted(PathBuf);
+
+impl Mounted {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
     }
 }

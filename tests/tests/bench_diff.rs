@@ -33,7 +33,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use strata_common::client::unix_channel;
@@ -46,6 +46,7 @@ use strata_proto::snapshots::{MountsRequest, PrepareSnapshotRequest, ViewSnapsho
 use strata_proto::types::Mount;
 use strata_testkit::Compression;
 use strata_testkit::fixtures;
+use strata_tests::bench::{have, median, sync, timed};
 use strata_tests::{PluginSet, Stack, StackOptions, Version, unique_name};
 
 const SNAPSHOTTER: &str = "overlayfs";
@@ -54,21 +55,6 @@ const TYPES: [(&str, &str); 3] = [
     ("gzip", "application/vnd.oci.image.layer.v1.tar+gzip"),
     ("zstd", "application/vnd.oci.image.layer.v1.tar+zstd"),
 ];
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        f64::NAN
-    } else {
-        v[v.len() / 2]
-    }
-}
-
-fn sync() {
-    // SAFETY: sync(2) takes no arguments and cannot fail.
-    unsafe { libc::sync() };
-}
 
 /// Text-like bytes (compress about 3:1, as source trees and binaries mixed do), fast to make.
 fn fill(buf: &mut [u8], seed: u64) {
@@ -301,28 +287,9 @@ impl Target {
     }
 }
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
 /// Wall time of `sh -c script` (stdout to /dev/null), after a sync.
 fn timed_sh(script: &str) -> f64 {
-    sync();
-    let t = Instant::now();
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "{script}");
-    t.elapsed().as_secs_f64()
+    timed(Command::new("sh").arg("-c").arg(script))
 }
 
 #[test]

@@ -45,7 +45,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use strata_common::client::unix_channel;
@@ -60,26 +60,12 @@ use strata_proto::types::Descriptor;
 use strata_testkit::Compression;
 use strata_testkit::fixtures::{self, Params};
 use strata_testkit::image::Image;
+use strata_tests::bench::{have, median, sync, timed};
 use strata_tests::{PluginKind, PluginSet, Stack, StackOptions, Version, unique_name};
 
 const SNAPSHOTTER: &str = "overlayfs";
 const DEFAULT_FIXTURES: &str = "mixed:gzip,mixed:zstd,smallfiles:gzip,smallfiles:zstd,\
                                 smallfiles:none,bigfiles:gzip,bigfiles:zstd,bigfiles:none";
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        f64::NAN
-    } else {
-        v[v.len() / 2]
-    }
-}
-
-fn sync() {
-    // SAFETY: sync(2) takes no arguments and cannot fail.
-    unsafe { libc::sync() };
-}
 
 fn compression(name: &str) -> Compression {
     match name {
@@ -297,25 +283,6 @@ impl Target {
         ctd.ctr_ok(&["leases", "create", "--id", &self.lease]);
         sync();
     }
-}
-
-/// Runs `cmd`, stdout to /dev/null, and returns its wall time.
-fn timed(cmd: &mut Command) -> f64 {
-    sync();
-    let t = Instant::now();
-    let status = cmd.stdout(Stdio::null()).status().unwrap();
-    let d = t.elapsed().as_secs_f64();
-    assert!(status.success(), "{cmd:?}: {status}");
-    d
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// The machine's own figures for a one-layer image: `tar -xf` of the uncompressed layer and

@@ -45,12 +45,7 @@ fn start() -> Env {
 }
 
 fn bind(p: &Path) -> Mount {
-    Mount {
-        r#type: "bind".into(),
-        source: p.display().to_string(),
-        target: String::new(),
-        options: vec!["rbind".into(), "ro".into()],
-    }
+    Mount::bind(p, true)
 }
 
 fn trees() -> (tempfile::TempDir, tempfile::TempDir) {

@@ -6,10 +6,6 @@
 //!
 //! Needs root, runc, busybox-static and the plugin binaries (`cargo build --workspace --bins`).
 
-use std::ffi::OsStr;
-use std::path::PathBuf;
-use std::process::Command;
-
 use strata_common::client::unix_channel;
 use strata_common::namespace::RequestContext;
 use strata_proto::diff::DiffRequest;
@@ -39,78 +35,6 @@ fn made(stack: &Stack) -> usize {
         .get(strata_tests::PluginKind::Differ)
         .map(|p| p.log().matches(DIFFER_MADE_LOG).count())
         .unwrap_or(0)
-}
-
-/// Unmounts its target when dropped, so a failed assertion leaves nothing mounted.
-struct Mounted(PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
-fn import(stack: &Stack, image: &Image, extra: &[&str]) {
-    let archive = stack
-        .containerd
-        .dir()
-        .path()
-        .join(format!("{}.tar", unique_name("img")));
-    image.write_archive(&archive).expect("writing the archive");
-    let mut args: Vec<&OsStr> = vec![OsStr::new("images"), OsStr::new("import")];
-    args.extend(extra.iter().map(OsStr::new));
-    args.push(archive.as_os_str());
-    stack.containerd.ctr_ok(&args);
-}
-
-/// Runs `ctr snapshots <verb> -t DIR key parent` and mounts what it prints.
-fn mount_snapshot(
-    stack: &Stack,
-    snapshotter: &str,
-    verb: &str,
-    key: &str,
-    parent: &str,
-) -> Mounted {
-    let target = stack.containerd.dir().path().join(unique_name("mnt"));
-    std::fs::create_dir_all(&target).expect("mount point");
-    let line = stack.containerd.ctr_ok(&[
-        "snapshots",
-        "--snapshotter",
-        snapshotter,
-        verb,
-        "-t",
-        target.to_str().expect("utf-8 path"),
-        key,
-        parent,
-    ]);
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(line.trim())
-        .status()
-        .expect("running mount");
-    assert!(status.success(), "{line} failed: {status}");
-    Mounted(target)
-}
-
-/// Mounts the active snapshot `key` again (its mounts, as `ctr snapshots mounts` prints them).
-fn mount_active(stack: &Stack, snapshotter: &str, key: &str) -> Mounted {
-    let target = stack.containerd.dir().path().join(unique_name("mnt"));
-    std::fs::create_dir_all(&target).expect("mount point");
-    let line = stack.containerd.ctr_ok(&[
-        "snapshots",
-        "--snapshotter",
-        snapshotter,
-        "mounts",
-        target.to_str().expect("utf-8 path"),
-        key,
-    ]);
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(line.trim())
-        .status()
-        .expect("running mount");
-    assert!(status.success(), "{line} failed: {status}");
-    Mounted(target)
 }
 
 /// A version-2 `security.capability` granting CAP_NET_RAW.
@@ -171,11 +95,15 @@ fn changed_snapshot(stack: &Stack, snapshotter: &str, base: &Image) -> (String, 
     let top = base.chain_ids().last().cloned().expect("a layer");
     let key = unique_name("work");
     {
-        let m = mount_snapshot(stack, snapshotter, "prepare", &key, &top);
-        apply(&m.0, &container_changes()).expect("changing the snapshot");
+        let m = stack
+            .mount_snapshot(snapshotter, "prepare", &key, &top)
+            .expect("prepare and mount");
+        apply(m.path(), &container_changes()).expect("changing the snapshot");
     }
-    let m = mount_active(stack, snapshotter, &key);
-    let tree = snapshot(&m.0).expect("reading the changed snapshot");
+    let m = stack
+        .mount_active(snapshotter, &key)
+        .expect("mount the active snapshot");
+    let tree = snapshot(m.path()).expect("reading the changed snapshot");
     (key, tree)
 }
 
@@ -269,8 +197,10 @@ fn image_with(base: &Image, blob: Vec<u8>, media_type: &str) -> Image {
 fn top_tree(stack: &Stack, image: &Image, snapshotter: &str) -> Tree {
     let top = image.chain_ids().last().cloned().expect("a layer");
     let key = unique_name("view");
-    let m = mount_snapshot(stack, snapshotter, "view", &key, &top);
-    let tree = snapshot(&m.0).expect("reading the view");
+    let m = stack
+        .mount_snapshot(snapshotter, "view", &key, &top)
+        .expect("view and mount");
+    let tree = snapshot(m.path()).expect("reading the view");
     drop(m);
     let _ = stack
         .containerd
@@ -296,8 +226,10 @@ fn diff_round_trips(version: Version) {
     let stack = Stack::start(version, &StackOptions::smoke()).expect("starting the stack");
     let walking = walking_only(version);
     let base = fixtures::mixed(Compression::Gzip).expect("mixed");
-    import(&stack, &base, &["--snapshotter", "strata"]);
-    import(&walking, &base, &[]);
+    stack
+        .import(&base, &["--snapshotter", "strata"])
+        .expect("import");
+    walking.import(&base, &[]).expect("import");
 
     // strata makes the layer, from strata-snapshotter's overlay (the upperdir fast path).
     let (key, source) = changed_snapshot(&stack, "strata", &base);
@@ -349,7 +281,7 @@ fn diff_round_trips(version: Version) {
 
         // Applied by walking on top of the same base, it rebuilds the changed tree.
         let image = image_with(&base, bytes, media_type);
-        import(&walking, &image, &[]);
+        walking.import(&image, &[]).expect("import");
         let rebuilt = top_tree(&walking, &image, "overlayfs");
         assert_trees_equal_with(&source, &rebuilt, &layer_compare());
     }
@@ -365,7 +297,9 @@ fn diff_round_trips(version: Version) {
     assert_eq!(entries(&ours), entries(&walked));
     let image = image_with(&base, walked, GZIP);
     let applied = stack.differ_applied();
-    import(&stack, &image, &["--snapshotter", "strata"]);
+    stack
+        .import(&image, &["--snapshotter", "strata"])
+        .expect("import");
     assert!(
         stack.differ_applied() > applied,
         "strata must apply walking's layer"

@@ -13,10 +13,6 @@
 //!
 //! Needs root, runc, busybox-static and the plugin binaries (`cargo build --workspace --bins`).
 
-use std::ffi::OsStr;
-use std::path::PathBuf;
-use std::process::Command;
-
 use strata_testkit::Compression;
 use strata_testkit::fixtures;
 use strata_testkit::image::{Image, ImageBuilder};
@@ -25,52 +21,14 @@ use strata_testkit::tree::{Compare, Tree, assert_trees_equal_with, dir, file, sn
 use strata_tests::stack::DIFFER_APPLIED_LOG;
 use strata_tests::{PluginSet, Stack, StackOptions, Version, unique_name};
 
-/// Unmounts its target when dropped, so a failed assertion leaves nothing mounted.
-struct Mounted(PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
-fn import(stack: &Stack, image: &Image, extra: &[&str]) {
-    let archive = stack
-        .containerd
-        .dir()
-        .path()
-        .join(format!("{}.tar", unique_name("img")));
-    image.write_archive(&archive).expect("writing the archive");
-    let mut args: Vec<&OsStr> = vec![OsStr::new("images"), OsStr::new("import")];
-    args.extend(extra.iter().map(OsStr::new));
-    args.push(archive.as_os_str());
-    stack.containerd.ctr_ok(&args);
-}
-
 /// The tree of a view of the image's top layer in `snapshotter`.
 fn unpacked_tree(stack: &Stack, image: &Image, snapshotter: &str) -> Tree {
     let top = image.chain_ids().last().cloned().expect("a layer");
     let key = unique_name("verify");
-    let target = stack.containerd.dir().path().join(&key);
-    std::fs::create_dir_all(&target).expect("mount point");
-    let line = stack.containerd.ctr_ok(&[
-        "snapshots",
-        "--snapshotter",
-        snapshotter,
-        "view",
-        "-t",
-        target.to_str().expect("utf-8 path"),
-        &key,
-        &top,
-    ]);
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(line.trim())
-        .status()
-        .expect("running mount");
-    assert!(status.success(), "{line} failed: {status}");
-    let mounted = Mounted(target);
-    let got = snapshot(&mounted.0).expect("reading the mounted view");
+    let mounted = stack
+        .mount_snapshot(snapshotter, "view", &key, &top)
+        .expect("view and mount");
+    let got = snapshot(mounted.path()).expect("reading the mounted view");
     drop(mounted);
     let _ = stack
         .containerd
@@ -165,7 +123,7 @@ fn chain_imports_unpack_through_strata(
     for image in fixtures_for_test() {
         let before = stack.differ_applied();
         let files_before = applied_from_files(&stack);
-        import(&stack, &image, extra);
+        stack.import(&image, extra).expect("import");
         let n = stack.differ_applied() - before;
         assert_eq!(
             n,
@@ -181,7 +139,7 @@ fn chain_imports_unpack_through_strata(
             image.name
         );
         let ours = assert_unpacked(&stack, &image, "overlayfs");
-        import(&walking, &image, extra);
+        walking.import(&image, extra).expect("import");
         let theirs = unpacked_tree(&walking, &image, "overlayfs");
         // Directories a later layer adds to get the time of the apply in both: not compared.
         assert_trees_equal_with(&theirs, &ours, &through_overlay().ignore_dir_mtimes());
@@ -190,7 +148,7 @@ fn chain_imports_unpack_through_strata(
     // Fall-through: nothing counted, walking unpacked it, the tree is still right.
     let enc = unknown_type_image();
     let before = stack.differ_applied();
-    import(&stack, &enc, extra);
+    stack.import(&enc, extra).expect("import");
     assert_eq!(
         stack.differ_applied(),
         before,
@@ -224,7 +182,9 @@ fn imports_unpack_through_strata_containerd_2() {
     // The transfer service: `unpack_config` names strata-diff for the strata snapshotter.
     let image = fixtures::mixed(Compression::Gzip).expect("mixed gzip");
     let before = stack.differ_applied();
-    import(&stack, &image, &["--snapshotter", "strata"]);
+    stack
+        .import(&image, &["--snapshotter", "strata"])
+        .expect("import");
     assert_eq!(
         stack.differ_applied() - before,
         image.layers().len(),

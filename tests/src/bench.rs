@@ -1,0 +1,59 @@
+//! What the benchmarks share: medians, a sync before each timed step, timing a command, and
+//! whether a tool is installed.
+
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+/// The median (upper middle for an even count); NaN for no samples.
+pub fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+/// Flushes every file system, so writeback of one step does not land on the next.
+pub fn sync() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+}
+
+/// Runs `cmd` after a [`sync`], stdout to /dev/null; its wall time. Panics if it fails.
+pub fn timed(cmd: &mut Command) -> f64 {
+    sync();
+    let t = Instant::now();
+    let status = cmd
+        .stdout(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let d = t.elapsed().as_secs_f64();
+    assert!(status.success(), "{cmd:?}: {status}");
+    d
+}
+
+/// Whether `tool` is on PATH.
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 3.0);
+        assert!(median(&[]).is_nan());
+        assert!(have("sh"));
+        assert!(!have("strata-no-such-tool"));
+    }
+}
