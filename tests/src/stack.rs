@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use strata_testkit::image::Image;
+use strata_testkit::tree::{Tree, snapshot};
 
 use crate::containerd::{Containerd, ContainerdDir, ContainerdOptions};
 use crate::error::{Error, Result};
@@ -182,6 +183,25 @@ impl Stack {
             parent,
         ];
         self.run_printed_mount(&args, target)
+    }
+
+    /// The tree a read-only view of `image`'s top layer in `snapshotter` shows (the view is
+    /// removed afterwards).
+    pub fn top_tree(&self, image: &Image, snapshotter: &str) -> Result<Tree> {
+        let top = image
+            .chain_ids()
+            .last()
+            .cloned()
+            .ok_or_else(|| Error::new(format!("{} has no layer", image.name)))?;
+        let key = crate::ids::unique_name("view");
+        let mounted = self.mount_snapshot(snapshotter, "view", &key, &top)?;
+        let tree = snapshot(mounted.path())
+            .map_err(|e| Error::io(format!("reading {}", mounted.path().display()), e));
+        drop(mounted);
+        let _ = self
+            .containerd
+            .ctr(&["snapshots", "--snapshotter", snapshotter, "rm", &key]);
+        tree
     }
 
     /// The active snapshot `key` mounted again on a new dir (`ctr snapshots mounts`).

@@ -194,20 +194,6 @@ fn image_with(base: &Image, blob: Vec<u8>, media_type: &str) -> Image {
         .expect("image")
 }
 
-fn top_tree(stack: &Stack, image: &Image, snapshotter: &str) -> Tree {
-    let top = image.chain_ids().last().cloned().expect("a layer");
-    let key = unique_name("view");
-    let m = stack
-        .mount_snapshot(snapshotter, "view", &key, &top)
-        .expect("view and mount");
-    let tree = snapshot(m.path()).expect("reading the view");
-    drop(m);
-    let _ = stack
-        .containerd
-        .ctr(&["snapshots", "--snapshotter", snapshotter, "rm", &key]);
-    tree
-}
-
 fn walking_only(version: Version) -> Stack {
     Stack::start(
         version,
@@ -282,7 +268,9 @@ fn diff_round_trips(version: Version) {
         // Applied by walking on top of the same base, it rebuilds the changed tree.
         let image = image_with(&base, bytes, media_type);
         walking.import(&image, &[]).expect("import");
-        let rebuilt = top_tree(&walking, &image, "overlayfs");
+        let rebuilt = walking
+            .top_tree(&image, "overlayfs")
+            .expect("the top layer's tree");
         assert_trees_equal_with(&source, &rebuilt, &layer_compare());
     }
 
@@ -304,7 +292,9 @@ fn diff_round_trips(version: Version) {
         stack.differ_applied() > applied,
         "strata must apply walking's layer"
     );
-    let rebuilt = top_tree(&stack, &image, "strata");
+    let rebuilt = stack
+        .top_tree(&image, "strata")
+        .expect("the top layer's tree");
     assert_trees_equal_with(&wsource, &rebuilt, &layer_compare());
 
     // A type strata does not write falls through to walking (which refuses it too).

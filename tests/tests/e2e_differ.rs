@@ -17,24 +17,9 @@ use strata_testkit::Compression;
 use strata_testkit::fixtures;
 use strata_testkit::image::{Image, ImageBuilder};
 use strata_testkit::layer::Layer;
-use strata_testkit::tree::{Compare, Tree, assert_trees_equal_with, dir, file, snapshot, symlink};
+use strata_testkit::tree::{Compare, Tree, assert_trees_equal_with, dir, file, symlink};
 use strata_tests::stack::DIFFER_APPLIED_LOG;
 use strata_tests::{PluginSet, Stack, StackOptions, Version, unique_name};
-
-/// The tree of a view of the image's top layer in `snapshotter`.
-fn unpacked_tree(stack: &Stack, image: &Image, snapshotter: &str) -> Tree {
-    let top = image.chain_ids().last().cloned().expect("a layer");
-    let key = unique_name("verify");
-    let mounted = stack
-        .mount_snapshot(snapshotter, "view", &key, &top)
-        .expect("view and mount");
-    let got = snapshot(mounted.path()).expect("reading the mounted view");
-    drop(mounted);
-    let _ = stack
-        .containerd
-        .ctr(&["snapshots", "--snapshotter", snapshotter, "rm", &key]);
-    got
-}
 
 /// Through overlay a hard link whose sibling a later layer whited out still shows the lower
 /// link count (facts notes): hard link groups are left out, everything else is compared.
@@ -45,7 +30,9 @@ fn through_overlay() -> Compare {
 /// Compares a view of the image's top layer with the image's expected tree: content, modes,
 /// owners, times, xattrs, links.
 fn assert_unpacked(stack: &Stack, image: &Image, snapshotter: &str) -> Tree {
-    let got = unpacked_tree(stack, image, snapshotter);
+    let got = stack
+        .top_tree(image, snapshotter)
+        .expect("the top layer's tree");
     let want = image.expected_tree().expect("expected tree");
     assert_trees_equal_with(&want, &got, &through_overlay());
     got
@@ -140,7 +127,9 @@ fn chain_imports_unpack_through_strata(
         );
         let ours = assert_unpacked(&stack, &image, "overlayfs");
         walking.import(&image, extra).expect("import");
-        let theirs = unpacked_tree(&walking, &image, "overlayfs");
+        let theirs = walking
+            .top_tree(&image, "overlayfs")
+            .expect("the top layer's tree");
         // Directories a later layer adds to get the time of the apply in both: not compared.
         assert_trees_equal_with(&theirs, &ours, &through_overlay().ignore_dir_mtimes());
     }
