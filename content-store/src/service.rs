@@ -141,17 +141,20 @@ fn labels_from(map: HashMap<String, String>) -> BTreeMap<String, String> {
     map.into_iter().collect()
 }
 
-/// Reads `[offset, min(end, offset + READ_CHUNK))`.
-fn read_chunk(
+/// The length of the Read message starting at `offset`.
+fn chunk_len(offset: u64, end: u64) -> usize {
+    usize::try_from((end - offset).min(READ_CHUNK as u64)).unwrap_or(READ_CHUNK)
+}
+
+/// Fills `data[filled..]` from `offset + filled`, waiting for I/O as needed.
+fn fill(
     r: &dyn BlobReader,
     digest: &Digest,
+    data: &mut [u8],
     offset: u64,
-    end: u64,
-) -> Result<ReadContentResponse> {
-    let len = usize::try_from((end - offset).min(READ_CHUNK as u64)).unwrap_or(READ_CHUNK);
-    let mut data = vec![0u8; len];
-    let mut filled = 0;
-    while filled < len {
+    mut filled: usize,
+) -> Result<()> {
+    while filled < data.len() {
         let n = r
             .read_at(&mut data[filled..], offset + filled as u64)
             .map_err(|e| Error::io(format!("read content {digest}"), e))?;
@@ -166,10 +169,60 @@ fn read_chunk(
         }
         filled += n;
     }
+    Ok(())
+}
+
+/// Fills `data` from `offset` as far as the page cache serves it without waiting; returns
+/// how much that was.
+fn fill_cached(r: &dyn BlobReader, digest: &Digest, data: &mut [u8], offset: u64) -> Result<usize> {
+    let mut filled = 0;
+    while filled < data.len() {
+        match r.read_at_cached(&mut data[filled..], offset + filled as u64) {
+            Ok(Some(n)) if n > 0 => filled += n,
+            // The end of the file (reported by `fill`) or data that is not cached.
+            Ok(_) => break,
+            Err(e) => return Err(Error::io(format!("read content {digest}"), e)),
+        }
+    }
+    Ok(filled)
+}
+
+/// Reads `[offset, min(end, offset + READ_CHUNK))`.
+fn read_chunk(
+    r: &dyn BlobReader,
+    digest: &Digest,
+    offset: u64,
+    end: u64,
+) -> Result<ReadContentResponse> {
+    let mut data = vec![0u8; chunk_len(offset, end)];
+    fill(r, digest, &mut data, offset, 0)?;
     Ok(ReadContentResponse {
         offset: to_i64(offset),
         data,
     })
+}
+
+/// Opens `digest` and checks `[offset, offset + size)` against its length (size 0: to the
+/// end); returns the reader and where the read ends.
+fn open_range(
+    store: &ContentStore,
+    digest: &Digest,
+    offset: u64,
+    size: u64,
+) -> Result<(Box<dyn BlobReader>, u64)> {
+    let reader = store.reader(digest)?;
+    let len = reader.size();
+    if offset > len {
+        return Err(Error::out_of_range(format!(
+            "read past object length {len} bytes"
+        )));
+    }
+    let end = if size == 0 {
+        len
+    } else {
+        offset.saturating_add(size).min(len)
+    };
+    Ok((reader, end))
 }
 
 /// One Write stream's state, moved onto a blocking thread for each message.
@@ -376,30 +429,27 @@ impl Content for ContentService {
         let digest = Digest::parse(&req.digest)?;
         let offset = non_negative("offset", req.offset)?;
         let size = non_negative("size", req.size)?;
-        // Open, check and read the first chunk in one go: containerd opens a stream per
-        // ReadAt (often 32 KiB), so that is usually the whole call.
-        let (reader, digest, first, end) = short_blocking(|| {
-            let reader = self.store.reader(&digest)?;
-            let len = reader.size();
-            if offset > len {
-                return Err(Error::out_of_range(format!(
-                    "read past object length {len} bytes"
-                )));
-            }
-            let end = if size == 0 {
-                len
-            } else {
-                offset.saturating_add(size).min(len)
-            };
-            let first = if offset < end {
-                Some(read_chunk(&*reader, &digest, offset, end)?)
-            } else {
-                None
-            };
-            Ok((reader, digest, first, end))
-        })?;
-        let Some(first) = first else {
+        // containerd opens a stream per ReadAt (often 32 KiB), so the first message is usually
+        // the whole call, and almost always served from the page cache (containerd reads what
+        // it just wrote or read): then it is read right here, as a blocking-pool hop or even
+        // block_in_place's hand-over of this worker cost more than the read. Only what would
+        // wait for the disk (or a backend that cannot tell) goes off the worker.
+        let (reader, end) = if self.store.reader_is_cheap() {
+            open_range(&self.store, &digest, offset, size)?
+        } else {
+            short_blocking(|| open_range(&self.store, &digest, offset, size))?
+        };
+        if offset >= end {
             return Ok(Response::new(Box::pin(tokio_stream::empty())));
+        }
+        let mut data = vec![0u8; chunk_len(offset, end)];
+        let filled = fill_cached(&*reader, &digest, &mut data, offset)?;
+        if filled < data.len() {
+            short_blocking(|| fill(&*reader, &digest, &mut data, offset, filled))?;
+        }
+        let first = ReadContentResponse {
+            offset: to_i64(offset),
+            data,
         };
         let next = offset + first.data.len() as u64;
         let head = tokio_stream::once(Ok(first));

@@ -149,6 +149,11 @@ impl ContentStore {
         self.inner.backend.open(digest)
     }
 
+    /// See [`BlobBackend::open_is_cheap`].
+    pub fn reader_is_cheap(&self) -> bool {
+        self.inner.backend.open_is_cheap()
+    }
+
     pub fn status(&self, r#ref: &str) -> Result<IngestStatus> {
         self.inner.ingests.status(r#ref)
     }

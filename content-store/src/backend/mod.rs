@@ -29,6 +29,12 @@ pub trait BlobReader: Send + Sync {
     fn size(&self) -> u64;
     /// Reads at most `buf.len()` bytes at `offset`; 0 only at or past the end.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize>;
+
+    /// [`BlobReader::read_at`] only if it can be served without waiting for I/O (from the
+    /// page cache); `None` when it would wait or the backend cannot tell.
+    fn read_at_cached(&self, _buf: &mut [u8], _offset: u64) -> std::io::Result<Option<usize>> {
+        Ok(None)
+    }
 }
 
 /// Blob storage. All methods block; callers run them on blocking threads.
@@ -38,6 +44,13 @@ pub trait BlobBackend: Send + Sync + 'static {
 
     /// Opens the blob for reading; NotFound when it is absent.
     fn open(&self, digest: &Digest) -> Result<Box<dyn BlobReader>>;
+
+    /// Whether [`BlobBackend::open`] is a lookup in kernel caches in the common case (a local
+    /// file: dentry and inode caches) rather than I/O, so that a caller may run it on an async
+    /// worker. A backend that talks to anything remote must leave this false.
+    fn open_is_cheap(&self) -> bool {
+        false
+    }
 
     /// Stores the complete, already verified and fsynced file `data` as `digest`, atomically:
     /// readers see either no blob or all of it, also after a crash. AlreadyExists (leaving
