@@ -6,6 +6,7 @@
 //! answer's path.
 
 use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
@@ -25,14 +26,29 @@ enum Msg {
 
 enum State {
     Inline(Sha256, Option<Writeback>),
-    Background(SyncSender<Msg>),
+    Background {
+        tx: SyncSender<Msg>,
+        /// Bytes handed to the thread.
+        sent: u64,
+        /// The thread's hash after each message, with the bytes it covers.
+        latest: Latest,
+    },
+}
+
+/// Published by the hashing thread so a caught-up hash is read without a round trip to it.
+type Latest = Arc<Mutex<(u64, Sha256)>>;
+
+fn lock(latest: &Latest) -> MutexGuard<'_, (u64, Sha256)> {
+    // Plain data, replaced whole: a panicking holder cannot leave it half-written.
+    latest.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 pub struct RunningHash {
     state: State,
 }
 
-fn run(mut hash: Sha256, mut writeback: Option<Writeback>, rx: Receiver<Msg>) {
+fn run(mut hash: Sha256, mut writeback: Option<Writeback>, latest: Latest, rx: Receiver<Msg>) {
+    let mut hashed = 0u64;
     for msg in rx {
         match msg {
             Msg::Data(b) => {
@@ -41,6 +57,8 @@ fn run(mut hash: Sha256, mut writeback: Option<Writeback>, rx: Receiver<Msg>) {
                     wb.advance(b.len() as u64);
                 }
                 hash.update(&b);
+                hashed += b.len() as u64;
+                *lock(&latest) = (hashed, hash.clone());
             }
             Msg::Snapshot(reply) => {
                 let _ = reply.send(hash.clone());
@@ -64,7 +82,7 @@ impl RunningHash {
 
     /// Whether hashing runs on its own thread (then [`RunningHash::snapshot`] waits for it).
     pub fn in_background(&self) -> bool {
-        matches!(self.state, State::Background(_))
+        matches!(self.state, State::Background { .. })
     }
 
     pub fn update(&mut self, data: Bytes) -> Result<()> {
@@ -79,19 +97,42 @@ impl RunningHash {
             State::Inline(h, wb) => {
                 let (tx, rx) = mpsc::sync_channel(QUEUE);
                 let (start, writeback) = (h.clone(), wb.take());
+                let latest = Arc::new(Mutex::new((0, start.clone())));
+                let published = latest.clone();
                 let spawned = std::thread::Builder::new()
                     .name("strata-hash".into())
-                    .spawn(move || run(start, writeback, rx));
+                    .spawn(move || run(start, writeback, published, rx));
                 if spawned.is_err() {
                     // No thread to be had: hashing inline is slower, not wrong (and writeback
                     // only a hint, gone with the closure).
                     h.update(&data);
                     return Ok(());
                 }
-                self.state = State::Background(tx);
+                self.state = State::Background {
+                    tx,
+                    sent: 0,
+                    latest,
+                };
                 self.update(data)
             }
-            State::Background(tx) => tx.send(Msg::Data(data)).map_err(|_| gone()),
+            State::Background { tx, sent, .. } => {
+                let n = data.len() as u64;
+                tx.send(Msg::Data(data)).map_err(|_| gone())?;
+                *sent += n;
+                Ok(())
+            }
+        }
+    }
+
+    /// The hash of everything so far if it is at hand without waiting for the hashing thread
+    /// (always when hashing inline).
+    pub fn snapshot_if_ready(&self) -> Option<Sha256> {
+        match &self.state {
+            State::Inline(h, _) => Some(h.clone()),
+            State::Background { sent, latest, .. } => {
+                let latest = lock(latest);
+                (latest.0 == *sent).then(|| latest.1.clone())
+            }
         }
     }
 
@@ -99,7 +140,7 @@ impl RunningHash {
     pub fn snapshot(&self) -> Result<Sha256> {
         match &self.state {
             State::Inline(h, _) => Ok(h.clone()),
-            State::Background(tx) => {
+            State::Background { tx, .. } => {
                 let (reply, rx) = mpsc::sync_channel(1);
                 tx.send(Msg::Snapshot(reply)).map_err(|_| gone())?;
                 rx.recv().map_err(|_| gone())
@@ -132,6 +173,9 @@ mod tests {
         assert!(h.in_background());
         let mid = h.snapshot().unwrap();
         assert_eq!(mid.finalize()[..], Sha256::digest(&data)[..]);
+        // Once the thread has answered a snapshot it is caught up.
+        let ready = h.snapshot_if_ready().expect("caught up");
+        assert_eq!(ready.finalize()[..], Sha256::digest(&data)[..]);
         h.update(Bytes::from_static(b"more")).unwrap();
         let mut all = data.clone();
         all.extend_from_slice(b"more");

@@ -382,9 +382,9 @@ impl IngestWriter {
         Ok(Digest::from_sha256(self.hash.snapshot()?))
     }
 
-    /// Whether [`IngestWriter::digest`] would wait for a hashing thread.
-    pub fn hashing_in_background(&self) -> bool {
-        self.hash.in_background()
+    /// [`IngestWriter::digest`] if it needs no waiting for a hashing thread.
+    pub fn digest_if_ready(&self) -> Option<Digest> {
+        self.hash.snapshot_if_ready().map(Digest::from_sha256)
     }
 
     /// Appends `data`.

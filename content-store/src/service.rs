@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use strata_common::filter::Filter;
 use strata_common::{Error, Result};
@@ -257,6 +257,13 @@ impl WriteSession {
         })
     }
 
+    /// Whether handling `req` may do I/O. A STAT without `expected` reads only the writer's
+    /// state (its digest only when no waiting is needed): containerd's content service sends
+    /// one before every message it forwards.
+    fn touches_storage(req: &WriteContentRequest) -> bool {
+        req.action != WriteAction::Stat as i32 || !req.expected.is_empty()
+    }
+
     /// One request, as containerd's content server handles it.
     fn handle(&mut self, req: WriteContentRequest) -> Result<WriteContentResponse> {
         let action = WriteAction::try_from(req.action)
@@ -292,7 +299,13 @@ impl WriteSession {
         match action {
             WriteAction::Stat => {
                 let status = writer.status();
-                msg.digest = writer.digest()?.to_string();
+                // The digest is optional here too ("if present"), and containerd's content
+                // service asks its writer's Status before every message it handles, which its
+                // proxy writer forwards as a STAT whose offset and times are all it reads:
+                // waiting for the hashing thread would put sha256 back on every round trip.
+                if let Some(d) = writer.digest_if_ready() {
+                    msg.digest = d.to_string();
+                }
                 msg.started_at = Some(to_timestamp(status.started_at));
                 msg.updated_at = Some(to_timestamp(status.updated_at));
                 msg.total = to_i64(if self.total > 0 {
@@ -328,11 +341,11 @@ impl WriteSession {
                         labels_from(req.labels),
                     )?;
                     msg.digest = digest.to_string();
-                } else if !writer.hashing_in_background() {
+                } else if let Some(d) = writer.digest_if_ready() {
                     // The API makes a WRITE's digest optional ("if present"), and containerd's
                     // proxy writer skips an empty one; waiting for the hashing thread here
                     // would put sha256 back on the critical path.
-                    msg.digest = writer.digest()?.to_string();
+                    msg.digest = d.to_string();
                 }
             }
         }
@@ -352,17 +365,67 @@ async fn write_session(
     // resumed ingest): run in place, which saves two thread wake-ups per message on
     // containerd's lock-step writes while block_in_place moves this worker's other tasks away.
     let mut session = short_blocking(|| WriteSession::open(store, &first))?;
+    let mut timing = WriteTiming::default();
     let mut req = first;
     loop {
-        let resp = short_blocking(|| session.handle(req))?;
+        let t = Instant::now();
+        let n = req.data.len();
+        let resp = if WriteSession::touches_storage(&req) {
+            short_blocking(|| session.handle(req))
+        } else {
+            // Half of containerd's messages: not worth handing this worker's tasks away.
+            session.handle(req).map_err(Status::from)
+        };
+        timing.handled(n, t.elapsed());
+        let resp = resp?;
+        let t = Instant::now();
         if tx.send(Ok(resp)).await.is_err() {
             // The client went away; dropping the session releases the ref.
             return Ok(());
         }
-        req = match inbound.message().await? {
+        timing.answering += t.elapsed();
+        let t = Instant::now();
+        let next = inbound.message().await?;
+        timing.waited += t.elapsed();
+        req = match next {
             Some(r) => r,
-            None => return Ok(()),
+            None => {
+                timing.report(&session.r#ref);
+                return Ok(());
+            }
         };
+    }
+}
+
+/// Where a Write stream's time went: containerd waits for each answer before sending the
+/// next message, so the time spent handling messages adds up directly in its throughput,
+/// while the time waiting for the next one is containerd's and the transfer's.
+#[derive(Default)]
+struct WriteTiming {
+    messages: u64,
+    bytes: u64,
+    handling: Duration,
+    answering: Duration,
+    waited: Duration,
+}
+
+impl WriteTiming {
+    fn handled(&mut self, bytes: usize, took: Duration) {
+        self.messages += 1;
+        self.bytes += bytes as u64;
+        self.handling += took;
+    }
+
+    fn report(&self, r#ref: &str) {
+        debug!(
+            r#ref,
+            messages = self.messages,
+            bytes = self.bytes,
+            handling_ms = self.handling.as_secs_f64() * 1e3,
+            answering_ms = self.answering.as_secs_f64() * 1e3,
+            waiting_ms = self.waited.as_secs_f64() * 1e3,
+            "write stream ended"
+        );
     }
 }
 

@@ -228,13 +228,14 @@ impl ContentWriter {
         self.writer.offset()
     }
 
-    /// The digest so far; waits for background hashing (see [`ContentWriter::hashing_in_background`]).
+    /// The digest so far; waits for background hashing (see [`ContentWriter::digest_if_ready`]).
     pub fn digest(&self) -> Result<Digest> {
         self.writer.digest()
     }
 
-    pub fn hashing_in_background(&self) -> bool {
-        self.writer.hashing_in_background()
+    /// The digest so far if it needs no waiting for background hashing.
+    pub fn digest_if_ready(&self) -> Option<Digest> {
+        self.writer.digest_if_ready()
     }
 
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
