@@ -9,7 +9,8 @@
 //! cargo test --release -p strata-tests --test bench_content -- --ignored --nocapture
 //! ```
 //! `STRATA_BENCH_VERSION=1.7` benchmarks containerd 1.7 instead of 2.x;
-//! `STRATA_BENCH_MIB` sets the ingest size (default 1024).
+//! `STRATA_BENCH_MIB` sets the ingest size (default 1024); `STRATA_BIN_DIR` runs another
+//! build of strata-content (e.g. the previous commit's) against the same built-in.
 // Benchmark code: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -61,8 +62,10 @@ fn payload(n: usize) -> Vec<u8> {
     out
 }
 
-async fn ingest(c: &mut ContentClient<Channel>, cx: &RequestContext, r: &str, data: &[u8]) {
-    let digest = strata_testkit::sha256_digest(data);
+/// The messages of an ingest of `data` (digest `digest`) under `r`: built before the clock
+/// starts, so that the figure is the store's and not this client's copying.
+fn ingest_messages(r: &str, data: &[u8], digest: &str) -> Vec<WriteContentRequest> {
+    let digest = digest.to_string();
     let total = data.len() as i64;
     let mut msgs = vec![WriteContentRequest {
         action: WriteAction::Stat as i32,
@@ -87,6 +90,15 @@ async fn ingest(c: &mut ContentClient<Channel>, cx: &RequestContext, r: &str, da
             ..Default::default()
         });
     }
+    msgs
+}
+
+async fn ingest(
+    c: &mut ContentClient<Channel>,
+    cx: &RequestContext,
+    digest: &str,
+    msgs: Vec<WriteContentRequest>,
+) {
     // containerd answers each request before reading the next, so a bounded channel keeps
     // the client one message ahead, as a streaming writer would be.
     let (tx, rx) = tokio::sync::mpsc::channel(2);
@@ -185,8 +197,9 @@ impl Target {
             let mut c = ContentClient::new(unix_channel(ctd.socket()))
                 .max_decoding_message_size(64 * MIB)
                 .max_encoding_message_size(64 * MIB);
+            let msgs = ingest_messages(&format!("bench-{round}"), data, &digest);
             let t = Instant::now();
-            ingest(&mut c, cx, &format!("bench-{round}"), data).await;
+            ingest(&mut c, cx, &digest, msgs).await;
             f.ingest.push(mbps(data.len(), t.elapsed()));
 
             let t = Instant::now();
@@ -234,6 +247,16 @@ fn content_store_throughput() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1024);
+    // The harness starts strata at `--log-level debug`, which as a tracing filter also turns
+    // on h2's dump of every HTTP/2 frame it sends and receives (a log line per 16 KiB of
+    // payload, written to a file), which no deployment (`info`) pays and containerd's own
+    // debug level has no equivalent of. Keep strata's own debug events, drop the frame dumps, unless
+    // the caller chose RUST_LOG.
+    if std::env::var_os("RUST_LOG").is_none() {
+        // SAFETY: set before this test starts any thread or process, and this binary has no
+        // other test that could read the environment meanwhile.
+        unsafe { std::env::set_var("RUST_LOG", "debug,h2=info,hyper=info") };
+    }
     let data = payload(mib * MIB);
     let dir = tempfile::tempdir().unwrap();
     let image = strata_testkit::fixtures::bigfiles_scaled(Compression::Zstd, 0.25).unwrap();
@@ -283,4 +306,16 @@ fn content_store_throughput() {
         median(&s.read_32k) / median(&b.read_32k),
         median(&s.import) / median(&b.import)
     );
+    println!("\nEach round (ingest MB/s, read 1 MiB MB/s, read 32 KiB MB/s, import s):");
+    for (name, f) in &rows {
+        let rounds: Vec<String> = (0..ROUNDS)
+            .map(|i| {
+                format!(
+                    "{:.0}/{:.0}/{:.0}/{:.2}",
+                    f.ingest[i], f.read_1m[i], f.read_32k[i], f.import[i]
+                )
+            })
+            .collect();
+        println!("  {name}: {}", rounds.join("  "));
+    }
 }
