@@ -96,9 +96,12 @@ async fn sigkill_mid_write_then_restart() {
             Ok(())
         }));
     }
-    // Kill once every long writer is well under way.
+    // Kill once every long writer is well under way and a small blob has been committed
+    // (each commit syncs, so under load the writers can get ahead of the first one).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while acked.iter().any(|a| a.load(Ordering::SeqCst) < (4 << 20)) {
+    while acked.iter().any(|a| a.load(Ordering::SeqCst) < (4 << 20))
+        || small_done.lock().unwrap().is_empty()
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
             "writers made no progress"
