@@ -22,7 +22,7 @@ use strata_proto::diff::DiffRequest;
 use strata_proto::types::{Descriptor, Mount};
 use tracing::{info, warn};
 
-use crate::changes::{self, Change, Emit, OverlayError};
+use crate::changes::{self, Emit, OverlayError};
 use crate::compress::{self, Compressor, Levels};
 use crate::fetch::Fetcher;
 use crate::layer::{LayerOptions, LayerStats, LayerWriter};
@@ -225,20 +225,6 @@ fn produce(
     })
 }
 
-/// Mounts kept for as long as the layer is being read.
-#[derive(Default)]
-pub struct Mounted(Vec<TempMount>);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        while let Some(m) = self.0.pop() {
-            if let Err(e) = m.unmount() {
-                warn!(error = %e, "unmount after diff");
-            }
-        }
-    }
-}
-
 /// Output a layer can be written into, and started over when the overlay fast path has to
 /// give way to a full walk halfway through.
 pub trait Restart {
@@ -261,7 +247,8 @@ impl Restart for BlobSink {
 
 /// Writes the layer from `lower` to `upper` into `out`, compressed, as the changes are found
 /// (the overlay upperdir alone when it can, both trees otherwise): its diffID (`None` when
-/// uncompressed, see [`write_compressed`]), its stats and how the changes were found.
+/// uncompressed: it is the blob's digest, which `out` computes anyway, and hashing 1 GiB twice
+/// costs half a second), its stats and how the changes were found.
 pub fn write_diff<W: Write + Restart>(
     lower: &[Mount],
     upper: &[Mount],
@@ -271,7 +258,8 @@ pub fn write_diff<W: Write + Restart>(
     levels: Levels,
     out: &mut W,
 ) -> Result<(Option<String>, LayerStats, Method)> {
-    let mut mounted = Mounted::default();
+    // Unmounted (each TempMount on drop) once the layer is written.
+    let mut mounted = Vec::new();
     let lower_root = root_of(lower, scratch, &mut mounted)?;
     if let Some((upperdir, opaque)) = overlay_fast_path(lower, upper) {
         let written = layer_of(&upperdir, opts, compression, levels, &mut *out, |emit| {
@@ -303,14 +291,18 @@ pub fn write_diff<W: Write + Restart>(
 
 /// A directory showing `mounts` read-only: a bind mount's source as it is, anything else
 /// mounted on a temporary directory; `None` for no mounts (an empty tree).
-fn root_of(mounts: &[Mount], scratch: &Path, mounted: &mut Mounted) -> Result<Option<PathBuf>> {
+fn root_of(
+    mounts: &[Mount],
+    scratch: &Path,
+    mounted: &mut Vec<TempMount>,
+) -> Result<Option<PathBuf>> {
     match mounts {
         [] => Ok(None),
         [m] if m.r#type == "bind" => Ok(Some(PathBuf::from(&m.source))),
         _ => {
             let tm = TempMount::mount(&target::readonly(mounts), scratch)?;
             let dir = tm.dir().to_path_buf();
-            mounted.0.push(tm);
+            mounted.push(tm);
             Ok(Some(dir))
         }
     }
@@ -366,23 +358,6 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-/// Writes the layer of `changes` through `compression` into `out`; returns `out`, the
-/// layer's diffID (`None` for an uncompressed layer: it is the blob's digest, which `out`
-/// computes anyway, and hashing 1 GiB twice costs half a second) and its stats.
-pub fn write_compressed<W: Write>(
-    changes: &[Change],
-    root: &Path,
-    opts: &LayerOptions,
-    compression: Compression,
-    levels: Levels,
-    mut out: W,
-) -> io::Result<(W, Option<String>, LayerStats)> {
-    let (diff_id, stats) = layer_of(root, opts, compression, levels, &mut out, |emit| {
-        changes.iter().try_for_each(|c| emit(c.clone()))
-    })?;
-    Ok((out, diff_id, stats))
-}
-
 /// The layer of the changes `walk` emits, reading upper files under `root`, written through
 /// `compression` into `out`: its diffID (when compressed) and stats.
 fn layer_of<W: Write, E: From<io::Error>>(
@@ -416,12 +391,7 @@ mod tests {
     use super::*;
 
     fn m(t: &str, source: &str, options: &[&str]) -> Mount {
-        Mount {
-            r#type: t.into(),
-            source: source.into(),
-            target: String::new(),
-            options: options.iter().map(|s| s.to_string()).collect(),
-        }
+        Mount::new(t, source, options)
     }
 
     #[test]

@@ -218,16 +218,9 @@ impl OverlayCase {
         let merged =
             target::TempMount::mount(&target::readonly(&[self.upper_mount()]), scratch.path())
                 .unwrap();
-        let changes = changes::double_walk(Some(&self.lower), merged.dir()).unwrap();
-        let (walked, _, _) = compare::write_compressed(
-            &changes,
-            merged.dir(),
-            opts,
-            media::Compression::None,
-            Levels::default(),
-            Vec::new(),
-        )
-        .unwrap();
+        // A bind of the merged view is no overlay: write_diff walks both trees.
+        let (walked, method) = layer(&[bind(&self.lower)], &[bind(merged.dir())], opts);
+        assert_eq!(method, Method::DoubleWalk);
         merged.unmount().unwrap();
         walked
     }

@@ -35,20 +35,6 @@ pub struct LayerStats {
     pub file_bytes: u64,
 }
 
-/// Writes `changes` (read from `upper`) as a tar stream into `w`, ending it.
-pub fn write_layer<W: Write>(
-    changes: &[Change],
-    upper: &Path,
-    opts: &LayerOptions,
-    w: &mut W,
-) -> io::Result<LayerStats> {
-    let mut lw = LayerWriter::new(w, upper, opts);
-    for c in changes {
-        lw.change(c)?;
-    }
-    lw.finish()
-}
-
 /// Writes changes into a tar stream one at a time, in the order they come.
 pub struct LayerWriter<'a, W> {
     w: &'a mut W,

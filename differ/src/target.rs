@@ -177,7 +177,7 @@ impl TempMount {
 impl Drop for TempMount {
     fn drop(&mut self) {
         if let Err(e) = self.undo() {
-            warn!(error = %e, "cleaning up the apply mount");
+            warn!(error = %e, "cleaning up a temporary mount");
         }
     }
 }
@@ -187,12 +187,7 @@ mod tests {
     use super::*;
 
     fn mount(t: &str, source: &str, options: &[&str]) -> Mount {
-        Mount {
-            r#type: t.into(),
-            source: source.into(),
-            target: String::new(),
-            options: options.iter().map(|s| s.to_string()).collect(),
-        }
+        Mount::new(t, source, options)
     }
 
     #[test]

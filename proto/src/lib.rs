@@ -38,6 +38,16 @@ pub use prost::Message;
 pub use prost_types;
 
 impl types::Mount {
+    /// A mount of `kind` from `source` with `options`, no target (containerd fills that in).
+    pub fn new(kind: &str, source: &str, options: &[&str]) -> types::Mount {
+        types::Mount {
+            r#type: kind.into(),
+            source: source.into(),
+            target: String::new(),
+            options: options.iter().map(|o| o.to_string()).collect(),
+        }
+    }
+
     /// A recursive bind mount of `source` as containerd hands them out (`rbind`, and `ro` or
     /// `rw`).
     pub fn bind(source: &std::path::Path, readonly: bool) -> types::Mount {
