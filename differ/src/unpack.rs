@@ -451,7 +451,10 @@ impl Unpacker {
         for c in missing {
             let here = resolved.join(&c);
             match resolve::mkdir_at(cur.as_raw_fd(), &c, 0o755) {
-                Ok(()) => {}
+                // Set, not left to the umask: the umask is process-wide, and the test
+                // harness's servers narrow it for a moment while binding their sockets.
+                Ok(()) => resolve::chmod_at(cur.as_raw_fd(), &c, 0o755)
+                    .map_err(|e| Error::io(format!("chmod {}", here.display()), e))?,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(Error::io(format!("mkdir {}", here.display()), e)),
             }
