@@ -55,15 +55,15 @@ pub enum Mode {
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
     /// Every acknowledged call survives a power loss: each transaction is synced
-    /// (fdatasync), as containerd's bolt database is, and a new snapshot's directory is
-    /// fsynced before its row. containerd's own metadata refers to our snapshots, so
-    /// this is what keeps the two in step.
+    /// (fdatasync), as containerd's bolt database is. containerd's own metadata refers to our
+    /// snapshots, so this is what keeps the two in step. A new overlay snapshot's directory
+    /// is empty and is recreated at start-up if a power loss undid its creation; a native
+    /// snapshot's copy is fsynced before its row.
     #[default]
     Full,
     /// Acknowledged calls survive a crash of the process (SIGKILL, OOM) but the last ones may
     /// roll back on power loss; no directory is deleted before the removal that freed it is on
-    /// disk. Saves a data flush per Commit, Remove and Update, and a journal commit plus a
-    /// flush per Prepare and View.
+    /// disk. Saves a data flush per call that changes metadata.
     Process,
 }
 

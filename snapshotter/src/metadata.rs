@@ -559,6 +559,27 @@ pub fn ids(conn: &Connection) -> Result<HashSet<u64>> {
     Ok(ids)
 }
 
+/// What a snapshot's directory holds: its id, its kind and its parent's id.
+pub fn dir_shapes(conn: &Connection) -> Result<Vec<(u64, Kind, Option<u64>)>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT id, kind, parent_id FROM snapshots")
+        .map_err(db("prepare shapes"))?;
+    let raws = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+            ))
+        })
+        .map_err(db("list shapes"))?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(db("list shapes"))?;
+    raws.into_iter()
+        .map(|(id, kind, parent)| Ok((to_id(id), Kind::from_i64(kind)?, parent.map(to_id))))
+        .collect()
+}
+
 /// Active snapshots (id, kind) and committed ones whose usage is not measured yet.
 pub fn unmeasured_committed(conn: &Connection) -> Result<Vec<u64>> {
     let mut stmt = conn
