@@ -22,6 +22,7 @@ use strata_proto::diff::DiffRequest;
 use strata_proto::types::{Descriptor, Mount};
 use tracing::{info, warn};
 
+use crate::blob_file::BlobFile;
 use crate::changes::{self, Emit, OverlayError};
 use crate::compress::{self, Compressor, Levels};
 use crate::fetch::Fetcher;
@@ -72,6 +73,7 @@ pub struct Comparer {
     uploader: Uploader,
     scratch: PathBuf,
     levels: Levels,
+    blob_root: Option<PathBuf>,
 }
 
 impl Comparer {
@@ -83,7 +85,15 @@ impl Comparer {
             uploader,
             scratch: scratch.into(),
             levels: Levels::default(),
+            blob_root: None,
         }
+    }
+
+    /// Writes layers straight into the store directory `root` (holding `blobs/`) of the
+    /// store behind the content service; see [`crate::blob_file`].
+    pub fn with_blob_root(mut self, root: Option<PathBuf>) -> Comparer {
+        self.blob_root = root;
+        self
     }
 
     /// Compresses at `levels` instead of the defaults.
@@ -120,32 +130,18 @@ impl Comparer {
         } else {
             req.r#ref.clone()
         };
-        let (sink, pending) = self.uploader.open(&ctx, &r#ref).await?;
-
-        let (lower, upper, scratch) = (req.left, req.right, self.scratch.clone());
-        let (labels, levels) = (req.labels, self.levels);
-        let producer = tokio::task::spawn_blocking(move || {
-            produce(
-                &lower,
-                &upper,
-                &scratch,
-                compression,
-                levels,
-                &opts,
-                sink,
-                labels,
-            )
-        });
-        let replied = pending.committed().await;
-        let produced = producer
-            .await
-            .map_err(|e| Error::internal(format!("diff task: {e}")));
-        let outcome = match (produced, replied) {
-            (Ok(Ok(p)), Ok(_)) => Ok(p),
-            (Ok(Ok(p)), Err(e)) if e.is(ErrorKind::AlreadyExists) => Ok(p),
-            // The producer's error is the cause of whatever the stream saw.
-            (Ok(Err(e)), _) | (Err(e), _) => Err(e),
-            (Ok(Ok(_)), Err(e)) => Err(e),
+        let job = Job {
+            lower: req.left,
+            upper: req.right,
+            scratch: self.scratch.clone(),
+            compression,
+            levels: self.levels,
+            opts,
+            labels: req.labels,
+        };
+        let outcome = match &self.blob_root {
+            Some(root) => self.produce_in_store(&ctx, &r#ref, root, job).await,
+            None => self.produce_through_service(&ctx, &r#ref, job).await,
         };
         let produced = match outcome {
             Ok(p) => p,
@@ -160,9 +156,8 @@ impl Comparer {
         let info = self.uploader.info(&ctx, &produced.committed.digest).await?;
         if compression != Compression::None && !info.labels.contains_key(UNCOMPRESSED_LABEL) {
             // The blob was there already, without its diffID.
-            self.uploader
-                .set_label(&ctx, info.clone(), UNCOMPRESSED_LABEL, &produced.diff_id)
-                .await?;
+            let label = HashMap::from([(UNCOMPRESSED_LABEL.to_string(), produced.diff_id.clone())]);
+            self.uploader.set_labels(&ctx, &info.digest, &label).await?;
         }
         info!(
             namespace = ctx.namespace.as_deref().unwrap_or(""),
@@ -172,6 +167,7 @@ impl Comparer {
             size = info.size,
             entries = produced.stats.entries,
             method = ?produced.method,
+            bytes_sent = produced.sent,
             elapsed_ms = start.elapsed().as_millis() as u64,
             "strata-differ made a layer"
         );
@@ -187,6 +183,67 @@ impl Comparer {
             stats: produced.stats,
         })
     }
+
+    /// Streams the layer through the content service as it is made.
+    async fn produce_through_service(
+        &self,
+        ctx: &RequestContext,
+        r#ref: &str,
+        job: Job,
+    ) -> Result<Produced> {
+        let (sink, pending) = self.uploader.open(ctx, r#ref).await?;
+        let producer = tokio::task::spawn_blocking(move || job.produce_into(sink));
+        let replied = pending.committed().await;
+        let produced = producer
+            .await
+            .map_err(|e| Error::internal(format!("diff task: {e}")));
+        match (produced, replied) {
+            (Ok(Ok(p)), Ok(_)) => Ok(p),
+            (Ok(Ok(p)), Err(e)) if e.is(ErrorKind::AlreadyExists) => Ok(p),
+            // The producer's error is the cause of whatever the stream saw.
+            (Ok(Err(e)), _) | (Err(e), _) => Err(e),
+            (Ok(Ok(_)), Err(e)) => Err(e),
+        }
+    }
+
+    /// Writes the layer into the store's directory at `root`, then has the content service
+    /// record it (sending its bytes only if the service cannot see it there).
+    async fn produce_in_store(
+        &self,
+        ctx: &RequestContext,
+        r#ref: &str,
+        root: &Path,
+        mut job: Job,
+    ) -> Result<Produced> {
+        let root = root.to_path_buf();
+        let labels = std::mem::take(&mut job.labels);
+        let made = tokio::task::spawn_blocking(move || {
+            let mut file = BlobFile::create(&root)
+                .map_err(|e| Error::io(format!("start a blob in {}", root.display()), e))?;
+            let (diff_id, stats, method) = job.write_into(&mut file)?;
+            let placed = file
+                .place()
+                .map_err(|e| Error::io(format!("put the layer into {}", root.display()), e))?;
+            Ok::<_, Error>((placed, diff_id, stats, method))
+        })
+        .await
+        .map_err(|e| Error::internal(format!("diff task: {e}")))?;
+        let (placed, diff_id, stats, method) = made?;
+        let labels = with_diff_id(labels, diff_id.as_deref());
+        let (committed, sent) = self
+            .uploader
+            .commit_present(ctx, r#ref, placed, labels)
+            .await?;
+        let diff_id = diff_id.unwrap_or_else(|| committed.digest.clone());
+        let sent = if sent { committed.size } else { 0 };
+        Ok(Produced {
+            committed,
+            diff_id,
+            method,
+            stats,
+            sent,
+        })
+    }
 }
 
 struct Produced {
@@ -194,35 +251,66 @@ struct Produced {
     diff_id: String,
     method: Method,
     stats: LayerStats,
+    /// Bytes of the layer sent through the content service.
+    sent: u64,
 }
 
-/// Blocking: mounts, finds the changes, writes the layer into `sink` and commits it.
-#[allow(clippy::too_many_arguments)]
-fn produce(
-    lower: &[Mount],
-    upper: &[Mount],
-    scratch: &Path,
+/// What a Diff request asks to be made.
+struct Job {
+    lower: Vec<Mount>,
+    upper: Vec<Mount>,
+    scratch: PathBuf,
     compression: Compression,
     levels: Levels,
-    opts: &LayerOptions,
-    mut sink: BlobSink,
-    mut labels: HashMap<String, String>,
-) -> Result<Produced> {
-    let (diff_id, stats, method) =
-        write_diff(lower, upper, scratch, opts, compression, levels, &mut sink)?;
-    if let Some(d) = &diff_id {
-        labels.insert(UNCOMPRESSED_LABEL.to_string(), d.clone());
+    opts: LayerOptions,
+    labels: HashMap<String, String>,
+}
+
+impl Job {
+    /// Blocking: mounts, finds the changes and writes the layer into `out`.
+    fn write_into<W: Write + Restart>(
+        &self,
+        out: &mut W,
+    ) -> Result<(Option<String>, LayerStats, Method)> {
+        write_diff(
+            &self.lower,
+            &self.upper,
+            &self.scratch,
+            &self.opts,
+            self.compression,
+            self.levels,
+            out,
+        )
     }
-    let committed = sink
-        .commit(labels)
-        .map_err(|e| Error::io("commit the layer", e))?;
-    let diff_id = diff_id.unwrap_or_else(|| committed.digest.clone());
-    Ok(Produced {
-        committed,
-        diff_id,
-        method,
-        stats,
-    })
+
+    /// Blocking: writes the layer into `sink` and commits it.
+    fn produce_into(mut self, mut sink: BlobSink) -> Result<Produced> {
+        let (diff_id, stats, method) = self.write_into(&mut sink)?;
+        let labels = with_diff_id(std::mem::take(&mut self.labels), diff_id.as_deref());
+        let committed = sink
+            .commit(labels)
+            .map_err(|e| Error::io("commit the layer", e))?;
+        let diff_id = diff_id.unwrap_or_else(|| committed.digest.clone());
+        let sent = committed.size;
+        Ok(Produced {
+            committed,
+            diff_id,
+            method,
+            stats,
+            sent,
+        })
+    }
+}
+
+/// `labels` plus the compressed layer's diffID (`None` for an uncompressed one: its digest).
+fn with_diff_id(
+    mut labels: HashMap<String, String>,
+    diff_id: Option<&str>,
+) -> HashMap<String, String> {
+    if let Some(d) = diff_id {
+        labels.insert(UNCOMPRESSED_LABEL.to_string(), d.to_string());
+    }
+    labels
 }
 
 /// Output a layer can be written into, and started over when the overlay fast path has to

@@ -34,7 +34,10 @@ pub struct DifferConfig {
     /// The directory of the content store behind `content_address`, holding
     /// `blobs/sha256/<hex>`: containerd's `<root>/io.containerd.content.v1.content`, or
     /// strata-content's root. Apply reads layers found there from disk (verified as always)
-    /// and uses the content service for the others.
+    /// and uses the content service for the others. Diff writes its layer there (as the
+    /// store commits blobs: fsynced, renamed in) and only records it through the content
+    /// service, which with containerd's default content sharing policy takes it without
+    /// its bytes; otherwise they are sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_root: Option<PathBuf>,
     /// Diff output compression levels: gzip 1-9, zstd 1-19.

@@ -8,10 +8,13 @@
 //! - [`apply`]: the pipeline tying them together ([`Applier`]);
 //! - [`changes`], [`layer`], [`compress`], [`upload`]: what changed between two trees, as a
 //!   deterministic tar, compressed on every core, written through a content service;
+//! - [`blob_file`]: or written straight into the store's directory, then only recorded
+//!   through the content service;
 //! - [`compare`]: the Diff pipeline tying those together ([`Comparer`]);
 //! - [`service`]: the gRPC adaptor.
 
 pub mod apply;
+pub mod blob_file;
 pub mod changes;
 pub mod compare;
 pub mod compress;

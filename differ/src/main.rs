@@ -21,7 +21,7 @@ struct Args {
     #[arg(long, value_name = "NAMESPACE")]
     fallback_namespace: Option<String>,
     /// Directory of that content service's store (`blobs/sha256/<hex>` inside), to read
-    /// layers from disk when they are there.
+    /// layers from disk when they are there and write Diff results into.
     #[arg(long, value_name = "DIR")]
     content_root: Option<PathBuf>,
 }
@@ -60,6 +60,7 @@ fn main() -> ExitCode {
                 Uploader::new(channel.clone()),
                 scratch.clone(),
             )
+            .with_blob_root(config.differ.content_root.clone())
             .with_levels(config.differ.levels())
             .map_err(|e| format!("differ config: {e}"))?;
             let applier = Applier::new(fetcher, scratch);

@@ -24,6 +24,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
+use crate::blob_file::PlacedBlob;
+
 /// Bytes per WRITE message (containerd's own writers send up to 1 MiB).
 const MESSAGE: usize = 1 << 20;
 const MAX_MESSAGE: usize = 16 << 20;
@@ -170,6 +172,104 @@ impl Uploader {
         ))
     }
 
+    /// Records `blob`, already in the store behind the content service (see
+    /// [`crate::blob_file`]), as the ingest `r#ref` with `labels`. The Write is opened with the
+    /// blob's digest and size: containerd (default content sharing policy) then finds the
+    /// blob in its store, reports it whole, and commits it without data. A service that
+    /// reports less (isolated sharing, or a store that is not the one the blob went into)
+    /// is sent the blob's bytes from `blob.file`, as [`Uploader::open`]'s writers do.
+    /// A service that answers AlreadyExists for a blob that only this Diff put in the store
+    /// (a content store called directly, without containerd's metadata in front) gets
+    /// `labels` set afterwards, as a commit would have. Returns what was committed and
+    /// whether the bytes had to be sent.
+    pub async fn commit_present(
+        &self,
+        ctx: &RequestContext,
+        r#ref: &str,
+        blob: PlacedBlob,
+        labels: HashMap<String, String>,
+    ) -> Result<(Committed, bool)> {
+        let committed = Committed {
+            digest: blob.digest.clone(),
+            size: blob.size,
+        };
+        let (tx, rx) = mpsc::channel(IN_FLIGHT);
+        tx.send(WriteContentRequest {
+            action: WriteAction::Stat as i32,
+            r#ref: r#ref.to_string(),
+            total: blob.size as i64,
+            expected: blob.digest.clone(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|_| Error::internal("write stream closed before it opened"))?;
+        let req = ctx.request(ReceiverStream::new(rx))?;
+        let opened = match self.client().write(req).await {
+            Ok(r) => {
+                let mut responses = r.into_inner();
+                responses.message().await.map(|m| (m, responses))
+            }
+            Err(s) => Err(s),
+        };
+        let (first, responses) = match opened {
+            Ok((Some(first), responses)) => (first, responses),
+            Ok((None, _)) => {
+                return Err(Error::unavailable("content service ended the write stream"));
+            }
+            Err(s) if s.code() == tonic::Code::AlreadyExists => {
+                if blob.new {
+                    self.set_labels(ctx, &committed.digest, &labels).await?;
+                }
+                return Ok((committed, false));
+            }
+            Err(s) => return Err(Error::from_status(&s)),
+        };
+        let whole = u64::try_from(first.offset).ok() == Some(blob.size);
+        let (cancel, cancelled) = watch::channel(false);
+        let mut sink = BlobSink {
+            tx,
+            cancelled,
+            handle: tokio::runtime::Handle::current(),
+            buf: Vec::with_capacity(MESSAGE),
+            offset: 0,
+            hasher: Sha256::new(),
+        };
+        let pending = PendingWrite { responses, cancel };
+        let (digest, size, new) = (blob.digest.clone(), blob.size, blob.new);
+        let commit_labels = labels.clone();
+        let writer = tokio::task::spawn_blocking(move || {
+            let labels = commit_labels;
+            if whole {
+                return sink.commit_as(&digest, size, labels);
+            }
+            let mut file = blob.file;
+            io::copy(&mut file, &mut sink)?;
+            let sent = sink.commit(labels)?;
+            if sent.digest != digest || sent.size != size {
+                return Err(io::Error::other(format!(
+                    "{digest} changed while it was sent: read back {} bytes, {}",
+                    sent.size, sent.digest
+                )));
+            }
+            Ok(())
+        });
+        let replied = pending.committed().await;
+        let written = writer
+            .await
+            .map_err(|e| Error::internal(format!("blob writer: {e}")))?;
+        match (written, replied) {
+            (Ok(()), Ok(_)) => Ok((committed, !whole)),
+            (Ok(()), Err(e)) if e.is(ErrorKind::AlreadyExists) => {
+                if new {
+                    self.set_labels(ctx, &committed.digest, &labels).await?;
+                }
+                Ok((committed, !whole))
+            }
+            (Err(e), _) => Err(Error::io("write the layer through the content service", e)),
+            (Ok(()), Err(e)) => Err(e),
+        }
+    }
+
     pub async fn info(&self, ctx: &RequestContext, digest: &str) -> Result<Info> {
         let req = ctx.request(InfoRequest {
             digest: digest.to_string(),
@@ -184,19 +284,24 @@ impl Uploader {
             .ok_or_else(|| Error::internal(format!("no info for {digest}")))
     }
 
-    /// Sets one label of a blob, leaving the others alone.
-    pub async fn set_label(
+    /// Sets `labels` on a blob, leaving its others alone.
+    pub async fn set_labels(
         &self,
         ctx: &RequestContext,
-        mut info: Info,
-        key: &str,
-        value: &str,
+        digest: &str,
+        labels: &HashMap<String, String>,
     ) -> Result<()> {
-        info.labels.insert(key.to_string(), value.to_string());
+        if labels.is_empty() {
+            return Ok(());
+        }
         let req = ctx.request(UpdateRequest {
-            info: Some(info),
+            info: Some(Info {
+                digest: digest.to_string(),
+                labels: labels.clone(),
+                ..Default::default()
+            }),
             update_mask: Some(strata_proto::prost_types::FieldMask {
-                paths: vec![format!("labels.{key}")],
+                paths: labels.keys().map(|k| format!("labels.{k}")).collect(),
             }),
         })?;
         self.client()
@@ -269,6 +374,24 @@ impl BlobSink {
         self.buf.clear();
         self.offset = 0;
         self.hasher = Sha256::new();
+    }
+
+    /// Sends the COMMIT of a blob the service already has whole: at its end, with its size
+    /// and digest.
+    fn commit_as(
+        mut self,
+        digest: &str,
+        size: u64,
+        labels: HashMap<String, String>,
+    ) -> io::Result<()> {
+        self.send(WriteContentRequest {
+            action: WriteAction::Commit as i32,
+            offset: size as i64,
+            total: size as i64,
+            expected: digest.to_string(),
+            labels,
+            ..Default::default()
+        })
     }
 
     /// Sends what is buffered and the COMMIT (size, digest, `labels`).

@@ -28,15 +28,33 @@ struct Env {
     differ: StrataProcess,
 }
 
+/// Where the differ is told the content store's directory is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BlobRoot {
+    /// Not told: layers go through the content service.
+    None,
+    /// strata-content's own root: layers are written there.
+    Store,
+    /// A directory that is not the store's: the service cannot see what is written there.
+    Elsewhere,
+}
+
 fn start() -> Env {
+    start_with(BlobRoot::None)
+}
+
+fn start_with(root: BlobRoot) -> Env {
     let dir = TestDir::new("diff-content").unwrap();
     let content = StrataProcess::start(PluginKind::Content, dir.path(), &[]).unwrap();
-    let differ = StrataProcess::start(
-        PluginKind::Differ,
-        dir.path(),
-        &["--content-address".into(), content.socket().into()],
-    )
-    .unwrap();
+    let mut args = vec!["--content-address".into(), content.socket().into()];
+    let elsewhere = dir.path().join("not-the-store");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    match root {
+        BlobRoot::None => {}
+        BlobRoot::Store => args.extend(["--content-root".into(), content.root().into()]),
+        BlobRoot::Elsewhere => args.extend(["--content-root".into(), elsewhere.into()]),
+    }
+    let differ = StrataProcess::start(PluginKind::Differ, dir.path(), &args).unwrap();
     Env {
         _dir: dir,
         content,
@@ -168,4 +186,73 @@ async fn a_failed_diff_leaves_no_ingest() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
     assert_eq!(ingests(env.content.socket()).await, 0);
+}
+
+/// A layer written into the store's directory is only recorded through the service; one
+/// written where the service cannot see it is sent after all. Either way the service ends up
+/// with the blob and its labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_written_into_the_store_is_recorded_and_elsewhere_is_sent() {
+    for root in [BlobRoot::Store, BlobRoot::Elsewhere] {
+        let env = start_with(root);
+        let (lower, upper) = trees();
+        let mut diff = DiffClient::new(unix_channel(env.differ.socket()));
+        let req = || DiffRequest {
+            left: vec![bind(lower.path())],
+            right: vec![bind(upper.path())],
+            media_type: GZIP.into(),
+            r#ref: String::new(),
+            labels: HashMap::from([("test/label".to_string(), "yes".to_string())]),
+            source_date_epoch: None,
+        };
+        let desc = diff
+            .diff(Request::new(req()))
+            .await
+            .unwrap()
+            .into_inner()
+            .diff
+            .unwrap();
+        let bytes = blob(env.content.socket(), &desc.digest).await;
+        assert_eq!(strata_testkit::sha256_digest(&bytes), desc.digest);
+        let mut content = ContentClient::new(unix_channel(env.content.socket()));
+        let info = content
+            .info(Request::new(InfoRequest {
+                digest: desc.digest.clone(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .info
+            .unwrap();
+        assert_eq!(
+            info.labels.get("test/label").map(String::as_str),
+            Some("yes")
+        );
+        let tar = decompress(&bytes, Compression::Gzip).unwrap();
+        assert_eq!(
+            info.labels.get("containerd.io/uncompressed"),
+            Some(&strata_testkit::sha256_digest(&tar))
+        );
+        let log = env.differ.log();
+        let line = log
+            .lines()
+            .rfind(|l| l.contains("strata-differ made a layer"))
+            .unwrap_or_default();
+        let sent = if root == BlobRoot::Store {
+            "bytes_sent=0 ".to_string()
+        } else {
+            format!("bytes_sent={} ", bytes.len())
+        };
+        assert!(line.contains(&sent), "{line}");
+        // Again: the blob is there; accepted, nothing left behind.
+        let again = diff
+            .diff(Request::new(req()))
+            .await
+            .unwrap()
+            .into_inner()
+            .diff
+            .unwrap();
+        assert_eq!(again.digest, desc.digest);
+        assert_eq!(ingests(env.content.socket()).await, 0);
+    }
 }

@@ -208,8 +208,14 @@ fn walking_only(version: Version) -> Stack {
     .expect("starting a walking-only containerd")
 }
 
-fn diff_round_trips(version: Version) {
-    let stack = Stack::start(version, &StackOptions::smoke()).expect("starting the stack");
+/// `in_store`: strata-differ is given containerd's content directory, writes its layers there
+/// and has containerd only record them; otherwise it sends them through the content service.
+fn diff_round_trips(version: Version, in_store: bool) {
+    let options = StackOptions {
+        differ_reads_blob_files: in_store,
+        ..StackOptions::smoke()
+    };
+    let stack = Stack::start(version, &options).expect("starting the stack");
     let walking = walking_only(version);
     let base = fixtures::mixed(Compression::Gzip).expect("mixed");
     stack
@@ -261,6 +267,13 @@ fn diff_round_trips(version: Version) {
                 labels.contains(&format!("containerd.io/uncompressed={}", sha256(&tar))),
                 "{labels}"
             );
+        }
+        // In the store, the layer's bytes never went through containerd's content service.
+        let sent = field(line, "bytes_sent");
+        if in_store {
+            assert_eq!(sent, "0", "{line}");
+        } else {
+            assert_eq!(sent, bytes.len().to_string(), "{line}");
         }
         // The same snapshot diffed again: the same bytes.
         assert_eq!(ctr_diff(&stack, "strata", &key, media_type).0, digest);
@@ -388,12 +401,30 @@ fn diff_without_lease(stack: &Stack, key: &str, base: &Image) -> String {
     })
 }
 
+/// The value of `key=` in a log line (unquoted, up to the next space).
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    let at = format!(" {key}=");
+    line.split_once(&at)
+        .map(|(_, rest)| rest.split(' ').next().unwrap_or_default())
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+}
+
 #[test]
 fn snapshots_diff_goes_through_strata_containerd_1_7() {
-    diff_round_trips(Version::V1_7);
+    diff_round_trips(Version::V1_7, false);
 }
 
 #[test]
 fn snapshots_diff_goes_through_strata_containerd_2() {
-    diff_round_trips(Version::V2);
+    diff_round_trips(Version::V2, false);
+}
+
+#[test]
+fn snapshots_diff_written_into_the_store_containerd_1_7() {
+    diff_round_trips(Version::V1_7, true);
+}
+
+#[test]
+fn snapshots_diff_written_into_the_store_containerd_2() {
+    diff_round_trips(Version::V2, true);
 }

@@ -1,0 +1,251 @@
+//! A Diff result written straight into the content store's directory (`content_root`), as the
+//! store itself commits a blob: a temporary file, fsynced, made read-only and renamed (never
+//! replacing) to `blobs/sha256/<hex>`, the directory fsynced.
+//!
+//! containerd then only has to record it: with its default content sharing policy, a Write
+//! opened with the blob's digest and size finds it in the store and commits without data
+//! ([`crate::upload::Uploader::commit_present`]). That spares sending the whole layer through
+//! containerd's content service, which is what bounds an uncompressed Diff otherwise.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use sha2::{Digest, Sha256};
+
+use crate::compare::Restart;
+use crate::upload::unique_id;
+
+/// Bytes gathered before a write(2): the layer writer hands over tar headers of 512 bytes.
+const BUFFER: usize = 1 << 20;
+/// Writeback is started every this many bytes, so the final fsync has little left to write.
+const WRITEBACK_EVERY: u64 = 8 << 20;
+
+/// A blob being written under `root`, hashed as it goes.
+pub struct BlobFile {
+    root: PathBuf,
+    temp: PathBuf,
+    file: File,
+    buf: Vec<u8>,
+    hasher: Sha256,
+    size: u64,
+    /// Bytes up to here have had writeback started.
+    started: u64,
+    placed: bool,
+}
+
+/// A blob in place: its digest, size, and the file, open for reading it back.
+#[derive(Debug)]
+pub struct PlacedBlob {
+    pub digest: String,
+    pub size: u64,
+    pub file: File,
+    /// False when the store had this blob already (ours was dropped).
+    pub new: bool,
+}
+
+impl BlobFile {
+    /// Starts a blob in the store at `root` (the directory holding `blobs/`). The temporary
+    /// file sits at the top of `root`, where neither containerd's local store nor
+    /// strata-content look (their listings read `blobs/` and `ingest/` only), on the same
+    /// file system as its final place.
+    pub fn create(root: &Path) -> io::Result<BlobFile> {
+        let temp = root.join(format!(".{}", unique_id("strata-diff")));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)?;
+        Ok(BlobFile {
+            root: root.to_path_buf(),
+            temp,
+            file,
+            buf: Vec::with_capacity(BUFFER),
+            hasher: Sha256::new(),
+            size: 0,
+            started: 0,
+            placed: false,
+        })
+    }
+
+    fn write_buffered(&mut self) -> io::Result<()> {
+        self.file.write_all(&self.buf)?;
+        self.buf.clear();
+        let written = self.size;
+        if written - self.started >= WRITEBACK_EVERY {
+            // Only a hint: a failure leaves the work to the final fsync.
+            // SAFETY: plain syscall on an fd we own, no memory handed over.
+            let _ = unsafe {
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    self.started as libc::off64_t,
+                    (written - self.started) as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+            self.started = written;
+        }
+        Ok(())
+    }
+
+    /// Makes the blob durable and puts it in place.
+    pub fn place(mut self) -> io::Result<PlacedBlob> {
+        self.write_buffered()?;
+        self.file.sync_all()?;
+        // Read-only, as both stores leave committed blobs.
+        self.file
+            .set_permissions(fs::Permissions::from_mode(0o444))?;
+        let hex = hex::encode(self.hasher.clone().finalize());
+        let dir = self.root.join("blobs").join("sha256");
+        fs::create_dir_all(&dir)?;
+        let target = dir.join(&hex);
+        let new = match nix::fcntl::renameat2(
+            None,
+            &self.temp,
+            None,
+            &target,
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+        ) {
+            Ok(()) => true,
+            Err(Errno::EEXIST) => false,
+            // File systems without RENAME_NOREPLACE: link() does not replace either.
+            Err(Errno::EINVAL) => match fs::hard_link(&self.temp, &target) {
+                Ok(()) => true,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+                Err(e) => return Err(e),
+            },
+            Err(e) => return Err(io::Error::from(e)),
+        };
+        // Renamed or not, the temporary name goes (a no-op after a rename).
+        let _ = fs::remove_file(&self.temp);
+        self.placed = true;
+        if new {
+            File::open(&dir)?.sync_all()?;
+        }
+        let mut file = self.file.try_clone()?;
+        file.seek(SeekFrom::Start(0))?;
+        Ok(PlacedBlob {
+            digest: format!("sha256:{hex}"),
+            size: self.size,
+            file,
+            new,
+        })
+    }
+}
+
+impl Write for BlobFile {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(BUFFER - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        self.hasher.update(&data[..n]);
+        self.size += n as u64;
+        if self.buf.len() == BUFFER {
+            self.write_buffered()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Restart for BlobFile {
+    fn restart(&mut self) -> io::Result<()> {
+        self.buf.clear();
+        self.file.set_len(0)?;
+        self.file.seek(SeekFrom::Start(0))?;
+        self.hasher = Sha256::new();
+        self.size = 0;
+        self.started = 0;
+        Ok(())
+    }
+}
+
+impl Drop for BlobFile {
+    fn drop(&mut self) {
+        if !self.placed {
+            let _ = fs::remove_file(&self.temp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+
+    fn sha(data: &[u8]) -> String {
+        format!("sha256:{}", hex::encode(Sha256::digest(data)))
+    }
+
+    fn leftovers(root: &Path) -> Vec<String> {
+        fs::read_dir(root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "blobs")
+            .collect()
+    }
+
+    #[test]
+    fn a_placed_blob_is_read_only_under_its_digest_and_reads_back() {
+        let root = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let mut f = BlobFile::create(root.path()).unwrap();
+        for chunk in data.chunks(512) {
+            f.write_all(chunk).unwrap();
+        }
+        let mut placed = f.place().unwrap();
+        assert_eq!(placed.digest, sha(&data));
+        assert_eq!(placed.size, data.len() as u64);
+        assert!(placed.new);
+        let path = root
+            .path()
+            .join("blobs/sha256")
+            .join(placed.digest.trim_start_matches("sha256:"));
+        assert_eq!(fs::read(&path).unwrap(), data);
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o444);
+        let mut back = Vec::new();
+        placed.file.read_to_end(&mut back).unwrap();
+        assert_eq!(back, data, "the returned file reads from the start");
+        assert!(leftovers(root.path()).is_empty(), "no temporary file left");
+    }
+
+    #[test]
+    fn a_blob_already_there_is_kept_and_ours_dropped() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("blobs/sha256");
+        fs::create_dir_all(&dir).unwrap();
+        let digest = sha(b"layer");
+        let existing = dir.join(digest.trim_start_matches("sha256:"));
+        fs::write(&existing, b"layer").unwrap();
+        let before = fs::metadata(&existing).unwrap().ino();
+        let mut f = BlobFile::create(root.path()).unwrap();
+        f.write_all(b"layer").unwrap();
+        let placed = f.place().unwrap();
+        assert!(!placed.new);
+        assert_eq!(placed.digest, digest);
+        assert_eq!(fs::metadata(&existing).unwrap().ino(), before);
+        assert!(leftovers(root.path()).is_empty());
+    }
+
+    #[test]
+    fn restart_starts_the_blob_over_and_a_dropped_one_leaves_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let mut f = BlobFile::create(root.path()).unwrap();
+        f.write_all(&vec![7u8; BUFFER + 10]).unwrap();
+        f.restart().unwrap();
+        f.write_all(b"second").unwrap();
+        let placed = f.place().unwrap();
+        assert_eq!((placed.digest, placed.size), (sha(b"second"), 6));
+
+        let f = BlobFile::create(root.path()).unwrap();
+        drop(f);
+        assert!(leftovers(root.path()).is_empty());
+    }
+}
