@@ -150,11 +150,7 @@ impl Listener {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("stat socket", path)(e)),
         }
-        // Bind under a umask that leaves the socket unreachable until its mode is set.
-        let old_umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-        let bound = UnixListener::bind(path);
-        nix::sys::stat::umask(old_umask);
-        let listener = bound.map_err(io_err("bind", path))?;
+        let listener = bind_owner_only(path).map_err(io_err("bind", path))?;
         if let Some(gid) = gid {
             std::os::unix::fs::chown(path, None, Some(gid))
                 .map_err(io_err("chown socket", path))?;
@@ -178,6 +174,30 @@ impl Listener {
     pub fn local_fd(&self) -> RawFd {
         self.listener.as_raw_fd()
     }
+}
+
+/// Binds a listening socket at `path` whose file only its owner can connect to until its
+/// mode is set. The file takes its mode from the socket's inode (masked by the umask), so the
+/// socket is made 0600 before `bind`: narrowing the process-wide umask instead would also
+/// narrow whatever another thread creates meanwhile.
+fn bind_owner_only(path: &Path) -> io::Result<UnixListener> {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, socket,
+    };
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    nix::sys::stat::fchmod(
+        fd.as_raw_fd(),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )?;
+    bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    // The standard library's backlog for Unix listeners.
+    listen(&fd, Backlog::new(128)?)?;
+    UnixListener::from_std(std::os::unix::net::UnixListener::from(fd))
 }
 
 impl Drop for OwnedSocket {
@@ -376,6 +396,20 @@ mod tests {
             })
             .await?;
         Ok(resp.into_inner().status)
+    }
+
+    #[tokio::test]
+    async fn a_socket_is_bound_owner_only_before_its_mode_is_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("s.sock");
+        let _listener = bind_owner_only(&sock).unwrap();
+        let mode = fs::metadata(&sock).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "mode {mode:o}: group or others have access"
+        );
+        std::os::unix::net::UnixStream::connect(&sock).unwrap();
     }
 
     #[test]
