@@ -12,6 +12,9 @@ use std::io::{self, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::thread::JoinHandle;
 
 use nix::errno::Errno;
 use sha2::{Digest, Sha256};
@@ -24,13 +27,17 @@ const BUFFER: usize = 1 << 20;
 /// Writeback is started every this many bytes, so the final fsync has little left to write.
 const WRITEBACK_EVERY: u64 = 8 << 20;
 
-/// A blob being written under `root`, hashed as it goes.
+/// Buffers queued for the hashing thread.
+const HASH_QUEUE: usize = 4;
+
+/// A blob being written under `root`, hashed as it goes on a thread of its own: sha256 of an
+/// uncompressed layer costs as much as reading and writing it, and the two then overlap.
 pub struct BlobFile {
     root: PathBuf,
     temp: PathBuf,
     file: File,
     buf: Vec<u8>,
-    hasher: Sha256,
+    hasher: HashThread,
     size: u64,
     /// Bytes up to here have had writeback started.
     started: u64,
@@ -65,7 +72,7 @@ impl BlobFile {
             temp,
             file,
             buf: Vec::with_capacity(BUFFER),
-            hasher: Sha256::new(),
+            hasher: HashThread::start()?,
             size: 0,
             started: 0,
             placed: false,
@@ -73,8 +80,12 @@ impl BlobFile {
     }
 
     fn write_buffered(&mut self) -> io::Result<()> {
-        self.file.write_all(&self.buf)?;
-        self.buf.clear();
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let data = Arc::new(std::mem::replace(&mut self.buf, Vec::with_capacity(BUFFER)));
+        self.hasher.send(HashMsg::Data(Arc::clone(&data)))?;
+        self.file.write_all(&data)?;
         let written = self.size;
         if written - self.started >= WRITEBACK_EVERY {
             // Only a hint: a failure leaves the work to the final fsync.
@@ -99,7 +110,7 @@ impl BlobFile {
         // Read-only, as both stores leave committed blobs.
         self.file
             .set_permissions(fs::Permissions::from_mode(0o444))?;
-        let hex = hex::encode(self.hasher.clone().finalize());
+        let hex = self.hasher.finish()?;
         let dir = self.root.join("blobs").join("sha256");
         fs::create_dir_all(&dir)?;
         let target = dir.join(&hex);
@@ -141,7 +152,6 @@ impl Write for BlobFile {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let n = data.len().min(BUFFER - self.buf.len());
         self.buf.extend_from_slice(&data[..n]);
-        self.hasher.update(&data[..n]);
         self.size += n as u64;
         if self.buf.len() == BUFFER {
             self.write_buffered()?;
@@ -159,10 +169,60 @@ impl Restart for BlobFile {
         self.buf.clear();
         self.file.set_len(0)?;
         self.file.seek(SeekFrom::Start(0))?;
-        self.hasher = Sha256::new();
+        self.hasher.send(HashMsg::Reset)?;
         self.size = 0;
         self.started = 0;
         Ok(())
+    }
+}
+
+enum HashMsg {
+    Data(Arc<Vec<u8>>),
+    /// Start over (the blob was restarted).
+    Reset,
+}
+
+/// sha256 of what is sent, on its own thread; hex digest of it all when the sender is done.
+struct HashThread {
+    tx: Option<SyncSender<HashMsg>>,
+    handle: Option<JoinHandle<String>>,
+}
+
+impl HashThread {
+    fn start() -> io::Result<HashThread> {
+        let (tx, rx) = sync_channel::<HashMsg>(HASH_QUEUE);
+        let handle = std::thread::Builder::new()
+            .name("strata-diff-hash".into())
+            .spawn(move || {
+                let mut hasher = Sha256::new();
+                while let Ok(msg) = rx.recv() {
+                    match msg {
+                        HashMsg::Data(d) => hasher.update(&d[..]),
+                        HashMsg::Reset => hasher = Sha256::new(),
+                    }
+                }
+                hex::encode(hasher.finalize())
+            })?;
+        Ok(HashThread {
+            tx: Some(tx),
+            handle: Some(handle),
+        })
+    }
+
+    fn send(&self, msg: HashMsg) -> io::Result<()> {
+        self.tx
+            .as_ref()
+            .and_then(|tx| tx.send(msg).ok())
+            .ok_or_else(|| io::Error::other("the hashing thread stopped"))
+    }
+
+    /// The hex digest of everything sent since the last reset.
+    fn finish(&mut self) -> io::Result<String> {
+        drop(self.tx.take());
+        self.handle
+            .take()
+            .and_then(|h| h.join().ok())
+            .ok_or_else(|| io::Error::other("the hashing thread stopped"))
     }
 }
 

@@ -26,7 +26,9 @@
 //! ```
 //! `STRATA_BENCH_VERSION=1.7` benchmarks containerd 1.7 (whose Diff requests carry no
 //! namespace: strata uses containerd's only one); `STRATA_BENCH_ROUNDS` (default 3);
-//! `STRATA_BENCH_WORKLOADS` (default `small,big`).
+//! `STRATA_BENCH_WORKLOADS` (default `small,big`); `STRATA_BENCH_BLOB_FILES=1` gives
+//! strata-differ containerd's content directory (`content_root`), so it writes layers there
+//! and containerd only records them.
 // Benchmark code: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -146,7 +148,11 @@ impl Target {
         } else {
             PluginSet::NONE
         };
-        let stack = Stack::start(version, &StackOptions::only(set)).expect("starting the stack");
+        let options = StackOptions {
+            differ_reads_blob_files: std::env::var("STRATA_BENCH_BLOB_FILES").as_deref() == Ok("1"),
+            ..StackOptions::only(set)
+        };
+        let stack = Stack::start(version, &options).expect("starting the stack");
         let base = fixtures::busybox(Compression::Gzip).unwrap();
         let archive = stack.containerd.dir().path().join("busybox.tar");
         base.write_archive(&archive).unwrap();
