@@ -101,6 +101,8 @@ ctr run --snapshotter strata "$image" strata-demo-2 /bin/sh -c 'echo changed > /
 ctr snapshots --snapshotter strata diff --keep strata-demo-2 | tar -tzvf - | sed 's/^/    /'
 ctr containers rm strata-demo-2
 echo "layers made by strata-differ: $(grep -c 'strata-differ made a layer' "$demo/differ.log" || true)"
+# bytes_sent=0: the layer went into strata-content's directory and containerd only recorded it.
+echo "bytes sent through containerd's content service: $(grep 'strata-differ made a layer' "$demo/differ.log" | grep -o 'bytes_sent=[0-9]*' | tail -1)"
 
 if ((keep)); then
   step "left running"
