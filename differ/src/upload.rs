@@ -138,38 +138,49 @@ impl Uploader {
         ctx: &RequestContext,
         r#ref: &str,
     ) -> Result<(BlobSink, PendingWrite)> {
-        let (tx, rx) = mpsc::channel(IN_FLIGHT);
-        tx.send(WriteContentRequest {
+        let stat = WriteContentRequest {
             action: WriteAction::Stat as i32,
             r#ref: r#ref.to_string(),
             ..Default::default()
-        })
-        .await
-        .map_err(|_| Error::internal("write stream closed before it opened"))?;
-        let req = ctx.request(ReceiverStream::new(rx))?;
-        let mut responses = self
-            .client()
-            .write(req)
-            .await
-            .map_err(|s| Error::from_status(&s))?
-            .into_inner();
-        match responses.message().await {
-            Ok(Some(_)) => {}
-            Ok(None) => return Err(Error::unavailable("content service ended the write stream")),
-            Err(s) => return Err(Error::from_status(&s)),
+        };
+        match self.start(ctx, stat).await? {
+            Ok((_, sink, pending)) => Ok((sink, pending)),
+            Err(s) => Err(Error::from_status(&s)),
         }
+    }
+
+    /// Opens a Write stream with `stat`: the service's answer to it and the two ends, or the
+    /// status the service refused it with.
+    async fn start(
+        &self,
+        ctx: &RequestContext,
+        stat: WriteContentRequest,
+    ) -> Result<std::result::Result<(WriteContentResponse, BlobSink, PendingWrite), tonic::Status>>
+    {
+        let (tx, rx) = mpsc::channel(IN_FLIGHT);
+        tx.send(stat)
+            .await
+            .map_err(|_| Error::internal("write stream closed before it opened"))?;
+        let req = ctx.request(ReceiverStream::new(rx))?;
+        let mut responses = match self.client().write(req).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => return Ok(Err(s)),
+        };
+        let first = match responses.message().await {
+            Ok(Some(first)) => first,
+            Ok(None) => return Err(Error::unavailable("content service ended the write stream")),
+            Err(s) => return Ok(Err(s)),
+        };
         let (cancel, cancelled) = watch::channel(false);
-        Ok((
-            BlobSink {
-                tx,
-                cancelled,
-                handle: tokio::runtime::Handle::current(),
-                buf: Vec::with_capacity(MESSAGE),
-                offset: 0,
-                hasher: Sha256::new(),
-            },
-            PendingWrite { responses, cancel },
-        ))
+        let sink = BlobSink {
+            tx,
+            cancelled,
+            handle: tokio::runtime::Handle::current(),
+            buf: Vec::with_capacity(MESSAGE),
+            offset: 0,
+            hasher: Sha256::new(),
+        };
+        Ok(Ok((first, sink, PendingWrite { responses, cancel })))
     }
 
     /// Records `blob`, already in the store behind the content service (see
@@ -193,29 +204,15 @@ impl Uploader {
             digest: blob.digest.clone(),
             size: blob.size,
         };
-        let (tx, rx) = mpsc::channel(IN_FLIGHT);
-        tx.send(WriteContentRequest {
+        let stat = WriteContentRequest {
             action: WriteAction::Stat as i32,
             r#ref: r#ref.to_string(),
             total: blob.size as i64,
             expected: blob.digest.clone(),
             ..Default::default()
-        })
-        .await
-        .map_err(|_| Error::internal("write stream closed before it opened"))?;
-        let req = ctx.request(ReceiverStream::new(rx))?;
-        let opened = match self.client().write(req).await {
-            Ok(r) => {
-                let mut responses = r.into_inner();
-                responses.message().await.map(|m| (m, responses))
-            }
-            Err(s) => Err(s),
         };
-        let (first, responses) = match opened {
-            Ok((Some(first), responses)) => (first, responses),
-            Ok((None, _)) => {
-                return Err(Error::unavailable("content service ended the write stream"));
-            }
+        let (first, mut sink, pending) = match self.start(ctx, stat).await? {
+            Ok(opened) => opened,
             Err(s) if s.code() == tonic::Code::AlreadyExists => {
                 if blob.new {
                     self.set_labels(ctx, &committed.digest, &labels).await?;
@@ -225,16 +222,6 @@ impl Uploader {
             Err(s) => return Err(Error::from_status(&s)),
         };
         let whole = u64::try_from(first.offset).ok() == Some(blob.size);
-        let (cancel, cancelled) = watch::channel(false);
-        let mut sink = BlobSink {
-            tx,
-            cancelled,
-            handle: tokio::runtime::Handle::current(),
-            buf: Vec::with_capacity(MESSAGE),
-            offset: 0,
-            hasher: Sha256::new(),
-        };
-        let pending = PendingWrite { responses, cancel };
         let (digest, size, new) = (blob.digest.clone(), blob.size, blob.new);
         let commit_labels = labels.clone();
         let writer = tokio::task::spawn_blocking(move || {
