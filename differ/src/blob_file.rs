@@ -30,6 +30,43 @@ const WRITEBACK_EVERY: u64 = 8 << 20;
 /// Buffers queued for the hashing thread.
 const HASH_QUEUE: usize = 4;
 
+/// Prefix of the temporary files (`.strata-diff-...`) at the top of the store's directory.
+const TEMP_PREFIX: &str = ".strata-diff-";
+
+/// Deletes temporary blob files under `root` that nothing has written for `age`: what a
+/// differ killed in the middle of a Diff left behind. A Diff in progress writes its file
+/// continuously, so a younger one may be another differ's and is left alone. Returns how
+/// many were deleted.
+pub fn remove_stale(root: &Path, age: std::time::Duration) -> io::Result<usize> {
+    let entries = match fs::read_dir(root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let now = std::time::SystemTime::now();
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        if !entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            continue;
+        }
+        let md = entry.metadata()?;
+        let idle = md
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .unwrap_or_default();
+        if md.is_file() && idle >= age {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(removed)
+}
+
 /// A blob being written under `root`, hashed as it goes on a thread of its own: sha256 of an
 /// uncompressed layer costs as much as reading and writing it, and the two then overlap.
 pub struct BlobFile {
@@ -60,7 +97,7 @@ impl BlobFile {
     /// strata-content look (their listings read `blobs/` and `ingest/` only), on the same
     /// file system as its final place.
     pub fn create(root: &Path) -> io::Result<BlobFile> {
-        let temp = root.join(format!(".{}", unique_id("strata-diff")));
+        let temp = root.join(unique_id(TEMP_PREFIX.trim_end_matches('-')));
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -292,6 +329,26 @@ mod tests {
         assert_eq!(placed.digest, digest);
         assert_eq!(fs::metadata(&existing).unwrap().ino(), before);
         assert!(leftovers(root.path()).is_empty());
+    }
+
+    #[test]
+    fn stale_temporary_files_go_and_fresh_ones_and_others_stay() {
+        let root = tempfile::tempdir().unwrap();
+        let f = BlobFile::create(root.path()).unwrap();
+        let fresh = f.temp.clone();
+        let stale = root.path().join(format!("{TEMP_PREFIX}1-2-abc"));
+        let old = File::create(&stale).unwrap();
+        old.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(7200))
+            .unwrap();
+        let other = root.path().join("ingest");
+        fs::create_dir(&other).unwrap();
+        let hour = std::time::Duration::from_secs(3600);
+        assert_eq!(remove_stale(root.path(), hour).unwrap(), 1);
+        assert!(!stale.exists());
+        assert!(fresh.exists(), "a Diff in progress keeps its file");
+        assert!(other.exists());
+        drop(f);
+        assert_eq!(remove_stale(&root.path().join("missing"), hour).unwrap(), 0);
     }
 
     #[test]

@@ -26,6 +26,9 @@ struct Args {
     content_root: Option<PathBuf>,
 }
 
+/// A temporary blob file nothing has written to for this long was left by a killed differ.
+const STALE_BLOB_FILE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let (content_address, fallback_namespace, content_root) = (
@@ -54,6 +57,21 @@ fn main() -> ExitCode {
             let channel = unix_channel(&config.differ.content_address);
             let fetcher = Fetcher::new(channel.clone(), config.differ.fallback_namespace.clone())
                 .with_content_root(config.differ.content_root.clone());
+            if let Some(root) = &config.differ.content_root {
+                match strata_differ::blob_file::remove_stale(root, STALE_BLOB_FILE) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(
+                        removed = n,
+                        root = %root.display(),
+                        "removed blob files an interrupted Diff left behind"
+                    ),
+                    Err(e) => tracing::warn!(
+                        root = %root.display(),
+                        error = %e,
+                        "cannot look for blob files an interrupted Diff left behind"
+                    ),
+                }
+            }
             let scratch = config.server.root.join("mounts");
             let comparer = Comparer::new(
                 fetcher.clone(),
