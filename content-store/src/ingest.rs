@@ -226,7 +226,7 @@ impl Ingests {
             .map_err(io_err("open", &path))?;
         file.seek(SeekFrom::Start(status.offset))
             .map_err(io_err("seek", &path))?;
-        let writeback = writeback_of(&file, status.offset);
+        let writeback = writeback_of(&file, &path, status.offset);
         Ok(IngestWriter {
             dir,
             file,
@@ -346,8 +346,10 @@ impl Ingests {
 
 /// Early writeback for `file` (see [`Writeback`]), on a descriptor of its own so the hashing
 /// thread can use it; none when no descriptor is to be had, which only costs speed.
-fn writeback_of(file: &File, offset: u64) -> Option<Writeback> {
-    file.try_clone().ok().map(|f| Writeback::new(f, offset))
+fn writeback_of(file: &File, path: &Path, offset: u64) -> Option<Writeback> {
+    file.try_clone()
+        .ok()
+        .map(|f| Writeback::new(f, path.to_path_buf(), offset))
 }
 
 /// The one writer of an ingest; dropping it releases the ref (the ingest stays, resumable).
@@ -417,7 +419,8 @@ impl IngestWriter {
         self.file
             .seek(SeekFrom::Start(0))
             .map_err(|e| Error::io(what(), e))?;
-        self.hash.reset(writeback_of(&self.file, 0));
+        self.hash
+            .reset(writeback_of(&self.file, &self.dir.join(DATA), 0));
         self.status.offset = 0;
         self.status.updated_at = SystemTime::now();
         Ok(())

@@ -5,12 +5,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use strata_common::fieldpath::{UpdateTarget, apply_label_update, validate_labels};
 use strata_common::filter::{FieldMap, Filter};
 use strata_common::{Error, Result};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::backend::{BlobBackend, BlobReader, BlobStat, LocalBackend, blob_not_found};
 use crate::digest::Digest;
@@ -262,7 +262,9 @@ impl ContentWriter {
     ) -> Result<Digest> {
         validate_labels(&labels).map_err(label_error)?;
         let inner = &self.store.inner;
+        let t = Instant::now();
         let done = self.writer.finish(size, expected)?;
+        let finished = t.elapsed();
         let remove_ingest = || {
             if let Err(e) = std::fs::remove_dir_all(&done.dir) {
                 warn!(dir = %done.dir.display(), error = %e, "cannot remove committed ingest");
@@ -276,7 +278,9 @@ impl ContentWriter {
             }
             Err(e) => return Err(e),
         }
+        let stored = t.elapsed();
         remove_ingest();
+        let removed = t.elapsed();
         let now = SystemTime::now();
         let mut labels = labels;
         labels.retain(|_, v| !v.is_empty());
@@ -292,6 +296,16 @@ impl ContentWriter {
         ) {
             warn!(digest = %done.digest, error = %e.chain(), "cannot record committed blob");
         }
+        // The commit's syncs are most of a large ingest's last answer; where they went.
+        debug!(
+            digest = %done.digest,
+            size = done.size,
+            sync_ms = finished.as_secs_f64() * 1e3,
+            store_ms = (stored - finished).as_secs_f64() * 1e3,
+            remove_ms = (removed - stored).as_secs_f64() * 1e3,
+            metadata_ms = (t.elapsed() - removed).as_secs_f64() * 1e3,
+            "committed"
+        );
         drop(done.lock);
         Ok(done.digest)
     }
