@@ -13,5 +13,6 @@ pub mod namespace;
 pub mod serve;
 pub mod telemetry;
 pub mod time;
+pub mod writeback;
 
 pub use error::{Error, Result};

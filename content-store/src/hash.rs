@@ -12,7 +12,7 @@ use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 use strata_common::{Error, Result};
 
-use crate::writeback::Writeback;
+use strata_common::writeback::Writeback;
 
 /// Messages at least this large move hashing off the writing thread.
 pub const BACKGROUND_MIN: usize = 256 << 10;

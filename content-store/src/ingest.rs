@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use crate::digest::Digest;
 use crate::hash::RunningHash;
 use crate::time::{from_nanos, rfc3339, to_nanos};
-use crate::writeback::Writeback;
+use strata_common::writeback::Writeback;
 
 /// An ingest as Status reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -15,7 +15,6 @@ pub mod metadata;
 pub mod service;
 pub mod store;
 pub mod time;
-pub mod writeback;
 
 pub use digest::Digest;
 pub use service::ContentService;

@@ -1,6 +1,7 @@
 //! A Diff result written straight into the content store's directory (`content_root`), as the
-//! store itself commits a blob: a temporary file, fsynced, made read-only and renamed (never
-//! replacing) to `blobs/sha256/<hex>`, the directory fsynced.
+//! store itself commits a blob: a temporary file (written out as it grows, see
+//! [`strata_common::writeback`]), fsynced, made read-only and renamed (never replacing) to
+//! `blobs/sha256/<hex>`, the directory fsynced.
 //!
 //! containerd then only has to record it: with its default content sharing policy, a Write
 //! opened with the blob's digest and size finds it in the store and commits without data
@@ -9,7 +10,6 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,13 +19,13 @@ use std::thread::JoinHandle;
 use nix::errno::Errno;
 use sha2::{Digest, Sha256};
 
+use strata_common::writeback::Writeback;
+
 use crate::compare::Restart;
 use crate::upload::unique_id;
 
 /// Bytes gathered before a write(2): the layer writer hands over tar headers of 512 bytes.
 const BUFFER: usize = 1 << 20;
-/// Writeback is started every this many bytes, so the final fsync has little left to write.
-const WRITEBACK_EVERY: u64 = 8 << 20;
 
 /// Buffers queued for the hashing thread.
 const HASH_QUEUE: usize = 4;
@@ -76,8 +76,8 @@ pub struct BlobFile {
     buf: Vec<u8>,
     hasher: HashThread,
     size: u64,
-    /// Bytes up to here have had writeback started.
-    started: u64,
+    /// Starts writing the file out as it grows, so the final fsync has little left to do.
+    writeback: Writeback,
     placed: bool,
 }
 
@@ -104,6 +104,7 @@ impl BlobFile {
             .create_new(true)
             .mode(0o600)
             .open(&temp)?;
+        let writeback = Writeback::new(file.try_clone()?, temp.clone(), 0);
         Ok(BlobFile {
             root: root.to_path_buf(),
             temp,
@@ -111,7 +112,7 @@ impl BlobFile {
             buf: Vec::with_capacity(BUFFER),
             hasher: HashThread::start()?,
             size: 0,
-            started: 0,
+            writeback,
             placed: false,
         })
     }
@@ -123,20 +124,7 @@ impl BlobFile {
         let data = Arc::new(std::mem::replace(&mut self.buf, Vec::with_capacity(BUFFER)));
         self.hasher.send(HashMsg::Data(Arc::clone(&data)))?;
         self.file.write_all(&data)?;
-        let written = self.size;
-        if written - self.started >= WRITEBACK_EVERY {
-            // Only a hint: a failure leaves the work to the final fsync.
-            // SAFETY: plain syscall on an fd we own, no memory handed over.
-            let _ = unsafe {
-                libc::sync_file_range(
-                    self.file.as_raw_fd(),
-                    self.started as libc::off64_t,
-                    (written - self.started) as libc::off64_t,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                )
-            };
-            self.started = written;
-        }
+        self.writeback.advance(data.len() as u64);
         Ok(())
     }
 
@@ -208,7 +196,7 @@ impl Restart for BlobFile {
         self.file.seek(SeekFrom::Start(0))?;
         self.hasher.send(HashMsg::Reset)?;
         self.size = 0;
-        self.started = 0;
+        self.writeback = Writeback::new(self.file.try_clone()?, self.temp.clone(), 0);
         Ok(())
     }
 }

@@ -1,5 +1,5 @@
-//! Early writeback of an ingest's data file. The commit must fsync the whole blob, and with
-//! nothing else pushing them out (the kernel starts background writeback only at
+//! Early writeback of a file appended to and fsynced at its end: a content ingest, a Diff's
+//! layer. The commit must fsync the whole blob, and with nothing else pushing them out (the kernel starts background writeback only at
 //! `dirty_background_ratio`, gigabytes on a large machine) every page of the ingest is still
 //! dirty then: a 1 GiB ingest spent about a second in that fsync alone. Asking the kernel to
 //! start writing each few MiB as they arrive overlaps the disk with the transfer, and the fsync
