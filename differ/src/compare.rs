@@ -234,15 +234,8 @@ impl Comparer {
             .uploader
             .commit_present(ctx, r#ref, placed, labels)
             .await?;
-        let diff_id = diff_id.unwrap_or_else(|| committed.digest.clone());
         let sent = if sent { committed.size } else { 0 };
-        Ok(Produced {
-            committed,
-            diff_id,
-            method,
-            stats,
-            sent,
-        })
+        Ok(Produced::new(committed, diff_id, method, stats, sent))
     }
 }
 
@@ -253,6 +246,26 @@ struct Produced {
     stats: LayerStats,
     /// Bytes of the layer sent through the content service.
     sent: u64,
+}
+
+impl Produced {
+    /// `diff_id` is `None` for an uncompressed layer: its digest.
+    fn new(
+        committed: Committed,
+        diff_id: Option<String>,
+        method: Method,
+        stats: LayerStats,
+        sent: u64,
+    ) -> Produced {
+        let diff_id = diff_id.unwrap_or_else(|| committed.digest.clone());
+        Produced {
+            committed,
+            diff_id,
+            method,
+            stats,
+            sent,
+        }
+    }
 }
 
 /// What a Diff request asks to be made.
@@ -290,15 +303,8 @@ impl Job {
         let committed = sink
             .commit(labels)
             .map_err(|e| Error::io("commit the layer", e))?;
-        let diff_id = diff_id.unwrap_or_else(|| committed.digest.clone());
         let sent = committed.size;
-        Ok(Produced {
-            committed,
-            diff_id,
-            method,
-            stats,
-            sent,
-        })
+        Ok(Produced::new(committed, diff_id, method, stats, sent))
     }
 }
 

@@ -363,10 +363,10 @@ impl BlobSink {
         self.hasher = Sha256::new();
     }
 
-    /// Sends the COMMIT of a blob the service already has whole: at its end, with its size
-    /// and digest.
+    /// Sends the COMMIT of a blob the service has whole: at its end (a COMMIT at offset 0
+    /// would truncate), with its size and digest.
     fn commit_as(
-        mut self,
+        &mut self,
         digest: &str,
         size: u64,
         labels: HashMap<String, String>,
@@ -386,15 +386,7 @@ impl BlobSink {
         self.send_buffered()?;
         let digest = format!("sha256:{}", hex::encode(self.hasher.clone().finalize()));
         let size = self.offset;
-        self.send(WriteContentRequest {
-            action: WriteAction::Commit as i32,
-            // COMMIT at offset 0 would truncate: give the current one.
-            offset: size as i64,
-            total: size as i64,
-            expected: digest.clone(),
-            labels,
-            ..Default::default()
-        })?;
+        self.commit_as(&digest, size, labels)?;
         Ok(Committed { digest, size })
     }
 }

@@ -97,6 +97,27 @@ async fn blob(content: &Path, digest: &str) -> Vec<u8> {
     out
 }
 
+/// The blob `digest` carries the request's label and the diffID of `tar`.
+async fn assert_labelled(content: &Path, digest: &str, tar: &[u8]) {
+    let info = ContentClient::new(unix_channel(content))
+        .info(Request::new(InfoRequest {
+            digest: digest.to_string(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .info
+        .unwrap();
+    assert_eq!(
+        info.labels.get("test/label").map(String::as_str),
+        Some("yes")
+    );
+    assert_eq!(
+        info.labels.get("containerd.io/uncompressed"),
+        Some(&strata_testkit::sha256_digest(tar))
+    );
+}
+
 async fn ingests(content: &Path) -> usize {
     let mut c = ContentClient::new(unix_channel(content));
     c.list_statuses(Request::new(ListStatusesRequest::default()))
@@ -139,24 +160,7 @@ async fn diff_commits_a_labelled_layer_and_a_ref_can_be_reused() {
         .collect();
     assert_eq!(names, ["etc/", "etc/a", "etc/.wh.b", "new"]);
 
-    let mut content = ContentClient::new(unix_channel(env.content.socket()));
-    let info = content
-        .info(Request::new(InfoRequest {
-            digest: desc.digest.clone(),
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .info
-        .unwrap();
-    assert_eq!(
-        info.labels.get("test/label").map(String::as_str),
-        Some("yes")
-    );
-    assert_eq!(
-        info.labels.get("containerd.io/uncompressed"),
-        Some(&strata_testkit::sha256_digest(&tar))
-    );
+    assert_labelled(env.content.socket(), &desc.digest, &tar).await;
 
     // The same ref again: the ingest is started over and the existing blob accepted.
     let again = diff
@@ -214,25 +218,8 @@ async fn a_layer_written_into_the_store_is_recorded_and_elsewhere_is_sent() {
             .unwrap();
         let bytes = blob(env.content.socket(), &desc.digest).await;
         assert_eq!(strata_testkit::sha256_digest(&bytes), desc.digest);
-        let mut content = ContentClient::new(unix_channel(env.content.socket()));
-        let info = content
-            .info(Request::new(InfoRequest {
-                digest: desc.digest.clone(),
-            }))
-            .await
-            .unwrap()
-            .into_inner()
-            .info
-            .unwrap();
-        assert_eq!(
-            info.labels.get("test/label").map(String::as_str),
-            Some("yes")
-        );
         let tar = decompress(&bytes, Compression::Gzip).unwrap();
-        assert_eq!(
-            info.labels.get("containerd.io/uncompressed"),
-            Some(&strata_testkit::sha256_digest(&tar))
-        );
+        assert_labelled(env.content.socket(), &desc.digest, &tar).await;
         let log = env.differ.log();
         let line = log
             .lines()
