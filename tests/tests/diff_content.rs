@@ -12,7 +12,7 @@ use strata_proto::content::content_client::ContentClient;
 use strata_proto::content::{InfoRequest, ListStatusesRequest, ReadContentRequest};
 use strata_proto::diff::DiffRequest;
 use strata_proto::diff::diff_client::DiffClient;
-use strata_proto::types::Mount;
+use strata_proto::types::{Descriptor, Mount};
 use strata_testkit::Compression;
 use strata_testkit::layer::{decompress, read_raw};
 use strata_testkit::tree::{apply, dir, file, remove};
@@ -118,6 +118,28 @@ async fn assert_labelled(content: &Path, digest: &str, tar: &[u8]) {
     );
 }
 
+/// A gzip Diff of the bind mounts `lower` and `upper` under `r#ref`, labelled `test/label=yes`.
+fn labelled_gzip(lower: &Path, upper: &Path, r#ref: &str) -> DiffRequest {
+    DiffRequest {
+        left: vec![bind(lower)],
+        right: vec![bind(upper)],
+        media_type: GZIP.into(),
+        r#ref: r#ref.into(),
+        labels: HashMap::from([("test/label".to_string(), "yes".to_string())]),
+        source_date_epoch: None,
+    }
+}
+
+async fn diff(env: &Env, req: DiffRequest) -> Descriptor {
+    DiffClient::new(unix_channel(env.differ.socket()))
+        .diff(Request::new(req))
+        .await
+        .unwrap()
+        .into_inner()
+        .diff
+        .unwrap()
+}
+
 async fn ingests(content: &Path) -> usize {
     let mut c = ContentClient::new(unix_channel(content));
     c.list_statuses(Request::new(ListStatusesRequest::default()))
@@ -132,22 +154,8 @@ async fn ingests(content: &Path) -> usize {
 async fn diff_commits_a_labelled_layer_and_a_ref_can_be_reused() {
     let env = start();
     let (lower, upper) = trees();
-    let mut diff = DiffClient::new(unix_channel(env.differ.socket()));
-    let req = || DiffRequest {
-        left: vec![bind(lower.path())],
-        right: vec![bind(upper.path())],
-        media_type: GZIP.into(),
-        r#ref: "my-diff".into(),
-        labels: HashMap::from([("test/label".to_string(), "yes".to_string())]),
-        source_date_epoch: None,
-    };
-    let desc = diff
-        .diff(Request::new(req()))
-        .await
-        .unwrap()
-        .into_inner()
-        .diff
-        .unwrap();
+    let req = || labelled_gzip(lower.path(), upper.path(), "my-diff");
+    let desc = diff(&env, req()).await;
     assert_eq!(desc.media_type, GZIP);
     let bytes = blob(env.content.socket(), &desc.digest).await;
     assert_eq!(bytes.len() as i64, desc.size);
@@ -163,13 +171,7 @@ async fn diff_commits_a_labelled_layer_and_a_ref_can_be_reused() {
     assert_labelled(env.content.socket(), &desc.digest, &tar).await;
 
     // The same ref again: the ingest is started over and the existing blob accepted.
-    let again = diff
-        .diff(Request::new(req()))
-        .await
-        .unwrap()
-        .into_inner()
-        .diff
-        .unwrap();
+    let again = diff(&env, req()).await;
     assert_eq!(again.digest, desc.digest);
     assert_eq!(ingests(env.content.socket()).await, 0);
 }
@@ -178,8 +180,7 @@ async fn diff_commits_a_labelled_layer_and_a_ref_can_be_reused() {
 async fn a_failed_diff_leaves_no_ingest() {
     let env = start();
     let (lower, _upper) = trees();
-    let mut diff = DiffClient::new(unix_channel(env.differ.socket()));
-    let err = diff
+    let err = DiffClient::new(unix_channel(env.differ.socket()))
         .diff(Request::new(DiffRequest {
             left: vec![bind(lower.path())],
             right: vec![bind(&lower.path().join("no-such-dir"))],
@@ -200,22 +201,8 @@ async fn a_layer_written_into_the_store_is_recorded_and_elsewhere_is_sent() {
     for root in [BlobRoot::Store, BlobRoot::Elsewhere] {
         let env = start_with(root);
         let (lower, upper) = trees();
-        let mut diff = DiffClient::new(unix_channel(env.differ.socket()));
-        let req = || DiffRequest {
-            left: vec![bind(lower.path())],
-            right: vec![bind(upper.path())],
-            media_type: GZIP.into(),
-            r#ref: String::new(),
-            labels: HashMap::from([("test/label".to_string(), "yes".to_string())]),
-            source_date_epoch: None,
-        };
-        let desc = diff
-            .diff(Request::new(req()))
-            .await
-            .unwrap()
-            .into_inner()
-            .diff
-            .unwrap();
+        let req = || labelled_gzip(lower.path(), upper.path(), "");
+        let desc = diff(&env, req()).await;
         let bytes = blob(env.content.socket(), &desc.digest).await;
         assert_eq!(strata_testkit::sha256_digest(&bytes), desc.digest);
         let tar = decompress(&bytes, Compression::Gzip).unwrap();
@@ -232,13 +219,7 @@ async fn a_layer_written_into_the_store_is_recorded_and_elsewhere_is_sent() {
         };
         assert!(line.contains(&sent), "{line}");
         // Again: the blob is there; accepted, nothing left behind.
-        let again = diff
-            .diff(Request::new(req()))
-            .await
-            .unwrap()
-            .into_inner()
-            .diff
-            .unwrap();
+        let again = diff(&env, req()).await;
         assert_eq!(again.digest, desc.digest);
         assert_eq!(ingests(env.content.socket()).await, 0);
     }
