@@ -140,7 +140,19 @@ impl Comparer {
             labels: req.labels,
         };
         let outcome = match &self.blob_root {
-            Some(root) => self.produce_in_store(&ctx, &r#ref, root, job).await,
+            Some(root) => match BlobFile::create(root) {
+                Ok(file) => self.produce_in_store(&ctx, &r#ref, root, file, job).await,
+                Err(e) => {
+                    // A content_root that cannot be written (read-only, missing) still
+                    // serves Apply's reads; the layer goes through the service instead.
+                    warn!(
+                        root = %root.display(),
+                        error = %e,
+                        "cannot write into content_root; sending the layer through the content service"
+                    );
+                    self.produce_through_service(&ctx, &r#ref, job).await
+                }
+            },
             None => self.produce_through_service(&ctx, &r#ref, job).await,
         };
         let produced = match outcome {
@@ -206,20 +218,20 @@ impl Comparer {
         }
     }
 
-    /// Writes the layer into the store's directory at `root`, then has the content service
-    /// record it (sending its bytes only if the service cannot see it there).
+    /// Writes the layer into `file`, started in the store's directory at `root`, then has
+    /// the content service record it (sending its bytes only if the service cannot see it
+    /// there).
     async fn produce_in_store(
         &self,
         ctx: &RequestContext,
         r#ref: &str,
         root: &Path,
+        mut file: BlobFile,
         mut job: Job,
     ) -> Result<Produced> {
         let root = root.to_path_buf();
         let labels = std::mem::take(&mut job.labels);
         let made = tokio::task::spawn_blocking(move || {
-            let mut file = BlobFile::create(&root)
-                .map_err(|e| Error::io(format!("start a blob in {}", root.display()), e))?;
             let (diff_id, stats, method) = job.write_into(&mut file)?;
             let placed = file
                 .place()

@@ -37,6 +37,8 @@ enum BlobRoot {
     Store,
     /// A directory that is not the store's: the service cannot see what is written there.
     Elsewhere,
+    /// A directory that does not exist: nothing can be written there.
+    Missing,
 }
 
 fn start() -> Env {
@@ -53,6 +55,10 @@ fn start_with(root: BlobRoot) -> Env {
         BlobRoot::None => {}
         BlobRoot::Store => args.extend(["--content-root".into(), content.root().into()]),
         BlobRoot::Elsewhere => args.extend(["--content-root".into(), elsewhere.into()]),
+        BlobRoot::Missing => args.extend([
+            "--content-root".into(),
+            dir.path().join("no-such-dir").into(),
+        ]),
     }
     let differ = StrataProcess::start(PluginKind::Differ, dir.path(), &args).unwrap();
     Env {
@@ -194,11 +200,11 @@ async fn a_failed_diff_leaves_no_ingest() {
 }
 
 /// A layer written into the store's directory is only recorded through the service; one
-/// written where the service cannot see it is sent after all. Either way the service ends up
-/// with the blob and its labels.
+/// written where the service cannot see it, or that cannot be written where the differ was
+/// told, is sent after all. Either way the service ends up with the blob and its labels.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_layer_written_into_the_store_is_recorded_and_elsewhere_is_sent() {
-    for root in [BlobRoot::Store, BlobRoot::Elsewhere] {
+    for root in [BlobRoot::Store, BlobRoot::Elsewhere, BlobRoot::Missing] {
         let env = start_with(root);
         let (lower, upper) = trees();
         let req = || labelled_gzip(lower.path(), upper.path(), "");
