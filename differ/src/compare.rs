@@ -158,7 +158,11 @@ impl Comparer {
         let produced = match outcome {
             Ok(p) => p,
             Err(e) => {
-                if generated && let Err(a) = self.uploader.abort(&ctx, &r#ref).await {
+                if generated
+                    && let Err(a) = self.uploader.abort(&ctx, &r#ref).await
+                    // A layer made in the store's directory opens no ingest before its end.
+                    && !a.is(ErrorKind::NotFound)
+                {
                     warn!(r#ref = %r#ref, error = %a, "abort the failed diff's ingest");
                 }
                 return Err(e);
