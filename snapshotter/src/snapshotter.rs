@@ -7,9 +7,10 @@
 //! directory is built under a temporary name and renamed to its id inside the transaction
 //! that inserts its row, just before the commit; a crash before the commit leaves a directory
 //! without a row, which start-up deletes. A power loss can also undo the rename of an overlay
-//! snapshot's (empty) directory while its row survives; start-up recreates it. Removal deletes the row first and the directory
-//! after (at once, or in Cleanup when removal is asynchronous), so a crash in between leaves
-//! only an orphan directory, never a row without its directory.
+//! snapshot's (empty) directory while its row survives; start-up recreates it. Removal
+//! deletes the row first and the directory after (at once, or in Cleanup when removal is
+//! asynchronous), so a crash in between leaves only an orphan directory, never a row without
+//! its directory.
 
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
