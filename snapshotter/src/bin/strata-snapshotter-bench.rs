@@ -363,7 +363,11 @@ async fn run(args: Args) -> Result<(), String> {
                     }
                 }
                 // Every commit starts from a quiet machine: not behind the files' writeback,
-                // nor beside strata's background measurement of the previous layer.
+                // nor beside strata's background measurement of the previous layer. Twice:
+                // on a loop device, the first sync's writeback of the loop file system dirties
+                // its backing file, possibly after that sync had passed the file system under
+                // it, and the commit's flush would then write those pages out.
+                nix::unistd::sync();
                 nix::unistd::sync();
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 let s = Instant::now();
