@@ -1,8 +1,10 @@
-//! What the benchmarks share: medians, a sync before each timed step, timing a command, and
-//! whether a tool is installed.
+//! What the benchmarks share: medians, a sync before each timed step, timing a command,
+//! whether a tool is installed, and the containerd the differ benchmarks compare.
 
 use std::process::{Command, Stdio};
 use std::time::Instant;
+
+use crate::{PluginSet, Stack, StackOptions, Version};
 
 /// The median (upper middle for an even count); NaN for no samples.
 pub fn median(v: &[f64]) -> f64 {
@@ -42,6 +44,25 @@ pub fn have(tool: &str) -> bool {
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// A containerd of `version` with only the built-ins (`walking`), or with strata-differ wired
+/// ahead of them (`strata`). `STRATA_BENCH_BLOB_FILES=1` gives strata-differ containerd's
+/// content directory (`content_root`). Panics if it does not start.
+pub fn differ_stack(version: Version, strata: bool) -> Stack {
+    let set = if strata {
+        PluginSet {
+            differ: true,
+            ..PluginSet::NONE
+        }
+    } else {
+        PluginSet::NONE
+    };
+    let options = StackOptions {
+        differ_reads_blob_files: std::env::var("STRATA_BENCH_BLOB_FILES").as_deref() == Ok("1"),
+        ..StackOptions::only(set)
+    };
+    Stack::start(version, &options).expect("starting the stack")
 }
 
 #[cfg(test)]

@@ -48,8 +48,8 @@ use strata_proto::snapshots::{MountsRequest, PrepareSnapshotRequest, ViewSnapsho
 use strata_proto::types::Mount;
 use strata_testkit::Compression;
 use strata_testkit::fixtures;
-use strata_tests::bench::{have, median, sync, timed};
-use strata_tests::{PluginSet, Stack, StackOptions, Version, unique_name};
+use strata_tests::bench::{differ_stack, have, median, sync, timed};
+use strata_tests::{Stack, Version, unique_name};
 
 const SNAPSHOTTER: &str = "overlayfs";
 const TYPES: [(&str, &str); 3] = [
@@ -140,19 +140,7 @@ impl Target {
         strata: bool,
         workload: &str,
     ) -> Target {
-        let set = if strata {
-            PluginSet {
-                differ: true,
-                ..PluginSet::NONE
-            }
-        } else {
-            PluginSet::NONE
-        };
-        let options = StackOptions {
-            differ_reads_blob_files: std::env::var("STRATA_BENCH_BLOB_FILES").as_deref() == Ok("1"),
-            ..StackOptions::only(set)
-        };
-        let stack = Stack::start(version, &options).expect("starting the stack");
+        let stack = differ_stack(version, strata);
         let base = fixtures::busybox(Compression::Gzip).unwrap();
         let archive = stack.containerd.dir().path().join("busybox.tar");
         base.write_archive(&archive).unwrap();

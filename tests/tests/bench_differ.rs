@@ -60,8 +60,8 @@ use strata_proto::types::Descriptor;
 use strata_testkit::Compression;
 use strata_testkit::fixtures::{self, Params};
 use strata_testkit::image::Image;
-use strata_tests::bench::{have, median, sync, timed};
-use strata_tests::{PluginKind, PluginSet, Stack, StackOptions, Version, unique_name};
+use strata_tests::bench::{differ_stack, have, median, sync, timed};
+use strata_tests::{PluginKind, Stack, Version, unique_name};
 
 const SNAPSHOTTER: &str = "overlayfs";
 const DEFAULT_FIXTURES: &str = "mixed:gzip,mixed:zstd,smallfiles:gzip,smallfiles:zstd,\
@@ -128,19 +128,7 @@ struct Target {
 
 impl Target {
     fn start(version: Version, strata: bool) -> Target {
-        let set = if strata {
-            PluginSet {
-                differ: true,
-                ..PluginSet::NONE
-            }
-        } else {
-            PluginSet::NONE
-        };
-        let options = StackOptions {
-            differ_reads_blob_files: std::env::var("STRATA_BENCH_BLOB_FILES").as_deref() == Ok("1"),
-            ..StackOptions::only(set)
-        };
-        let stack = Stack::start(version, &options).expect("starting the stack");
+        let stack = differ_stack(version, strata);
         let (lease, cx) = stack.lease("bench").expect("creating a lease");
         let differ_pid = stack.plugins.get(PluginKind::Differ).map(|p| p.pid());
         Target {
