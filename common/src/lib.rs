@@ -10,6 +10,7 @@ pub mod fieldpath;
 pub mod filter;
 pub mod mount;
 pub mod namespace;
+pub mod publish;
 pub mod serve;
 pub mod telemetry;
 pub mod time;

@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
-use nix::errno::Errno;
 use sha2::{Digest, Sha256};
 
+use strata_common::publish;
 use strata_common::writeback::Writeback;
 
 use crate::compare::Restart;
@@ -139,28 +139,12 @@ impl BlobFile {
         let dir = self.root.join("blobs").join("sha256");
         fs::create_dir_all(&dir)?;
         let target = dir.join(&hex);
-        let new = match nix::fcntl::renameat2(
-            None,
-            &self.temp,
-            None,
-            &target,
-            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-        ) {
-            Ok(()) => true,
-            Err(Errno::EEXIST) => false,
-            // File systems without RENAME_NOREPLACE: link() does not replace either.
-            Err(Errno::EINVAL) => match fs::hard_link(&self.temp, &target) {
-                Ok(()) => true,
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
-                Err(e) => return Err(e),
-            },
-            Err(e) => return Err(io::Error::from(e)),
-        };
+        let new = publish::rename_no_replace(&self.temp, &target)?;
         // Renamed or not, the temporary name goes (a no-op after a rename).
         let _ = fs::remove_file(&self.temp);
         self.placed = true;
         if new {
-            File::open(&dir)?.sync_all()?;
+            publish::fsync_dir(&dir)?;
         }
         let mut file = self.file.try_clone()?;
         file.seek(SeekFrom::Start(0))?;

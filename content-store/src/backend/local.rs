@@ -6,8 +6,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use nix::errno::Errno;
-use strata_common::{Error, Result};
+use strata_common::{Error, Result, publish};
 
 use super::{BlobBackend, BlobReader, BlobStat, blob_not_found};
 use crate::digest::{Algorithm, Digest};
@@ -125,33 +124,10 @@ impl BlobBackend for LocalBackend {
         let target = self.blob_path(digest);
         // No-replace, so of two refs committing one digest exactly one wins and the other gets
         // AlreadyExists, with no window in which the blob is missing or half there.
-        match nix::fcntl::renameat2(
-            None,
-            data,
-            None,
-            &target,
-            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-        ) {
-            Ok(()) => {}
-            Err(Errno::EEXIST) => {
-                return Err(Error::already_exists(format!("content {digest}")));
-            }
-            // Filesystems without RENAME_NOREPLACE: link() also refuses to replace.
-            Err(Errno::EINVAL) => match fs::hard_link(data, &target) {
-                Ok(()) => {
-                    let _ = fs::remove_file(data);
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    return Err(Error::already_exists(format!("content {digest}")));
-                }
-                Err(e) => return Err(Error::io(format!("link content {digest}"), e)),
-            },
-            Err(e) => {
-                return Err(Error::io(
-                    format!("rename ingest into content {digest}"),
-                    io::Error::from(e),
-                ));
-            }
+        let placed = publish::rename_no_replace(data, &target)
+            .map_err(|e| Error::io(format!("rename ingest into content {digest}"), e))?;
+        if !placed {
+            return Err(Error::already_exists(format!("content {digest}")));
         }
         // The rename is durable only once the directory entry is.
         fsync_dir(&dir)
@@ -199,9 +175,7 @@ impl BlobBackend for LocalBackend {
 
 /// fsyncs a directory so entries created or renamed in it survive a crash.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(format!("fsync {}", dir.display()), e))
+    publish::fsync_dir(dir).map_err(|e| Error::io(format!("fsync {}", dir.display()), e))
 }
 
 #[cfg(test)]
