@@ -1,4 +1,4 @@
-//! Reading the ends of log files for failure messages.
+//! Reading the ends of log files for failure messages, and fields of log lines.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -25,6 +25,22 @@ pub fn read_all(path: &Path) -> String {
         Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(e) => format!("(cannot read {}: {e})", path.display()),
     }
+}
+
+/// The last line of `log` containing `marker`; empty if none does.
+pub fn last_line_with<'a>(log: &'a str, marker: &str) -> &'a str {
+    log.lines()
+        .rfind(|l| l.contains(marker))
+        .unwrap_or_default()
+}
+
+/// The value of `key=` in a log line (unquoted, up to the next space). Panics if the line has
+/// no such field.
+pub fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    let at = format!(" {key}=");
+    line.split_once(&at)
+        .map(|(_, rest)| rest.split(' ').next().unwrap_or_default())
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
 }
 
 /// `==== NAME (PATH), last N lines ====` followed by the tail, for failure reports.

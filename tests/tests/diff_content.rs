@@ -16,6 +16,8 @@ use strata_proto::types::{Descriptor, Mount};
 use strata_testkit::Compression;
 use strata_testkit::layer::{decompress, read_raw};
 use strata_testkit::tree::{apply, dir, file, remove};
+use strata_tests::logs::{field, last_line_with};
+use strata_tests::stack::DIFFER_MADE_LOG;
 use strata_tests::tmp::TestDir;
 use strata_tests::{PluginKind, StrataProcess};
 use tonic::Request;
@@ -214,16 +216,13 @@ async fn a_layer_written_into_the_store_is_recorded_and_elsewhere_is_sent() {
         let tar = decompress(&bytes, Compression::Gzip).unwrap();
         assert_labelled(env.content.socket(), &desc.digest, &tar).await;
         let log = env.differ.log();
-        let line = log
-            .lines()
-            .rfind(|l| l.contains("strata-differ made a layer"))
-            .unwrap_or_default();
+        let line = last_line_with(&log, DIFFER_MADE_LOG);
         let sent = if root == BlobRoot::Store {
-            "bytes_sent=0 ".to_string()
+            0
         } else {
-            format!("bytes_sent={} ", bytes.len())
+            bytes.len()
         };
-        assert!(line.contains(&sent), "{line}");
+        assert_eq!(field(line, "bytes_sent"), sent.to_string(), "{line}");
         // Again: the blob is there; accepted, nothing left behind.
         let again = diff(&env, req()).await;
         assert_eq!(again.digest, desc.digest);

@@ -20,10 +20,9 @@ use strata_testkit::tree::{
     Change, Compare, Tree, apply, assert_trees_equal_with, char_dev, chmod, dir, fifo, file,
     file_mode, hardlink, owner, remove, snapshot, symlink, xattr,
 };
+use strata_tests::logs::{field, last_line_with};
+use strata_tests::stack::DIFFER_MADE_LOG;
 use strata_tests::{PluginSet, Stack, StackOptions, Version, unique_name};
-
-/// What strata-differ logs once per layer it made (`differ/src/compare.rs`).
-const DIFFER_MADE_LOG: &str = "strata-differ made a layer";
 
 const GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 const ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
@@ -241,10 +240,7 @@ fn diff_round_trips(version: Version, in_store: bool) {
             .get(strata_tests::PluginKind::Differ)
             .expect("differ")
             .log();
-        let line = log
-            .lines()
-            .rfind(|l| l.contains(DIFFER_MADE_LOG))
-            .unwrap_or_default();
+        let line = last_line_with(&log, DIFFER_MADE_LOG);
         // Measured: 1.7 sends Diff no namespace header (strata then uses containerd's only
         // namespace); 2.x sends it.
         assert_eq!(
@@ -399,14 +395,6 @@ fn diff_without_lease(stack: &Stack, key: &str, base: &Image) -> String {
             .into_inner();
         d.diff.expect("a descriptor").digest
     })
-}
-
-/// The value of `key=` in a log line (unquoted, up to the next space).
-fn field<'a>(line: &'a str, key: &str) -> &'a str {
-    let at = format!(" {key}=");
-    line.split_once(&at)
-        .map(|(_, rest)| rest.split(' ').next().unwrap_or_default())
-        .unwrap_or_else(|| panic!("no {key} in {line}"))
 }
 
 #[test]
