@@ -1,5 +1,6 @@
 //! What the benchmarks share: medians, a sync before each timed step, timing a command,
-//! whether a tool is installed, and the containerd the differ benchmarks compare.
+//! whether a tool is installed, the knobs read from the environment, and the containerd the
+//! differ benchmarks compare.
 
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -44,6 +45,22 @@ pub fn have(tool: &str) -> bool {
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// The containerd release `STRATA_BENCH_VERSION` names: `1.7`, else 2.x.
+pub fn version_from_env() -> Version {
+    match std::env::var("STRATA_BENCH_VERSION").as_deref() {
+        Ok("1.7") => Version::V1_7,
+        _ => Version::V2,
+    }
+}
+
+/// The environment variable `name` parsed as a `T`, or `default` when unset or unparsable.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
 }
 
 /// A containerd of `version` with only the built-ins (`walking`), or with strata-differ wired

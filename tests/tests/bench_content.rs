@@ -24,6 +24,7 @@ use strata_proto::content::{
     DeleteContentRequest, ReadContentRequest, WriteAction, WriteContentRequest,
 };
 use strata_testkit::Compression;
+use strata_tests::bench::{env_or, median, version_from_env};
 use strata_tests::{PluginSet, Stack, StackOptions, Version};
 use tonic::codegen::tokio_stream::{self, StreamExt};
 use tonic::transport::Channel;
@@ -36,12 +37,6 @@ struct Figures {
     read_1m: Vec<f64>,
     read_32k: Vec<f64>,
     import: Vec<f64>,
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn mbps(bytes: usize, d: Duration) -> f64 {
@@ -239,14 +234,8 @@ impl Target {
 #[test]
 #[ignore = "benchmark: run explicitly with --ignored --nocapture"]
 fn content_store_throughput() {
-    let version = match std::env::var("STRATA_BENCH_VERSION").as_deref() {
-        Ok("1.7") => Version::V1_7,
-        _ => Version::V2,
-    };
-    let mib: usize = std::env::var("STRATA_BENCH_MIB")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1024);
+    let version = version_from_env();
+    let mib: usize = env_or("STRATA_BENCH_MIB", 1024);
     // The harness starts strata at `--log-level debug`, which as a tracing filter also turns
     // on h2's dump of every HTTP/2 frame it sends and receives (a log line per 16 KiB of
     // payload, written to a file), which no deployment (`info`) pays and containerd's own

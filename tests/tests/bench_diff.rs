@@ -48,7 +48,7 @@ use strata_proto::snapshots::{MountsRequest, PrepareSnapshotRequest, ViewSnapsho
 use strata_proto::types::Mount;
 use strata_testkit::Compression;
 use strata_testkit::fixtures;
-use strata_tests::bench::{differ_stack, have, median, sync, timed};
+use strata_tests::bench::{differ_stack, env_or, have, median, sync, timed, version_from_env};
 use strata_tests::{Stack, Version, unique_name};
 
 const SNAPSHOTTER: &str = "overlayfs";
@@ -289,14 +289,8 @@ fn timed_sh(script: &str) -> f64 {
 #[test]
 #[ignore = "benchmark: run explicitly with --ignored --nocapture"]
 fn differ_diff_against_walking() {
-    let version = match std::env::var("STRATA_BENCH_VERSION").as_deref() {
-        Ok("1.7") => Version::V1_7,
-        _ => Version::V2,
-    };
-    let rounds: usize = std::env::var("STRATA_BENCH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+    let version = version_from_env();
+    let rounds: usize = env_or("STRATA_BENCH_ROUNDS", 3);
     let workloads =
         std::env::var("STRATA_BENCH_WORKLOADS").unwrap_or_else(|_| "small,big".to_string());
     let rt = tokio::runtime::Runtime::new().unwrap();

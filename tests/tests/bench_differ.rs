@@ -60,7 +60,7 @@ use strata_proto::types::Descriptor;
 use strata_testkit::Compression;
 use strata_testkit::fixtures::{self, Params};
 use strata_testkit::image::Image;
-use strata_tests::bench::{differ_stack, have, median, sync, timed};
+use strata_tests::bench::{differ_stack, env_or, have, median, sync, timed, version_from_env};
 use strata_tests::{PluginKind, Stack, Version, unique_name};
 
 const SNAPSHOTTER: &str = "overlayfs";
@@ -339,18 +339,9 @@ fn fmt_opt(v: Option<f64>, unit: &str) -> String {
 #[test]
 #[ignore = "benchmark: run explicitly with --ignored --nocapture"]
 fn differ_apply_against_walking() {
-    let version = match std::env::var("STRATA_BENCH_VERSION").as_deref() {
-        Ok("1.7") => Version::V1_7,
-        _ => Version::V2,
-    };
-    let rounds: usize = std::env::var("STRATA_BENCH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
-    let scale: f64 = std::env::var("STRATA_BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
+    let version = version_from_env();
+    let rounds: usize = env_or("STRATA_BENCH_ROUNDS", 3);
+    let scale: f64 = env_or("STRATA_BENCH_SCALE", 1.0);
     let wanted = std::env::var("STRATA_BENCH_FIXTURES").unwrap_or_else(|_| DEFAULT_FIXTURES.into());
     for tool in ["tar", "igzip", "zstd"] {
         assert!(
