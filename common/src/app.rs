@@ -46,11 +46,12 @@ where
     if let Err(e) = std::fs::create_dir_all(&server.root) {
         return fail(name, &format!("create root {}: {e}", server.root.display()));
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name(name)
-        .build()
-    {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all().thread_name(name);
+    if let Some(n) = server.worker_threads.filter(|&n| n > 0) {
+        runtime.worker_threads(n);
+    }
+    let runtime = match runtime.build() {
         Ok(rt) => rt,
         Err(e) => return fail(name, &format!("start runtime: {e}")),
     };

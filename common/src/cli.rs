@@ -51,6 +51,11 @@ pub struct ServerConfig {
     pub log_format: LogFormat,
     /// How long in-flight calls may run after SIGTERM before the server exits anyway.
     pub shutdown_timeout_secs: u64,
+    /// Threads running the async side of the server (the gRPC connections and whatever a
+    /// call does in place); work that blocks runs on other threads. Unset: the plugin's
+    /// choice ([`PluginConfig::default_worker_threads`]); 0: one per CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_threads: Option<usize>,
 }
 
 impl ServerConfig {
@@ -64,6 +69,7 @@ impl ServerConfig {
             log_level: "info".to_string(),
             log_format: LogFormat::Text,
             shutdown_timeout_secs: 10,
+            worker_threads: None,
         }
     }
 
@@ -78,6 +84,10 @@ pub trait PluginConfig: Serialize + DeserializeOwned {
     fn default_path() -> PathBuf;
     fn server(&self) -> &ServerConfig;
     fn server_mut(&mut self) -> &mut ServerConfig;
+    /// `worker_threads` when the config leaves it unset; 0 is one per CPU.
+    fn default_worker_threads() -> usize {
+        0
+    }
 }
 
 /// Implements [`PluginConfig`] for a config struct with a `server: ServerConfig` field, reading
@@ -85,7 +95,13 @@ pub trait PluginConfig: Serialize + DeserializeOwned {
 #[macro_export]
 macro_rules! plugin_config {
     ($ty:ty, $name:expr) => {
+        $crate::plugin_config!($ty, $name, worker_threads = 0);
+    };
+    ($ty:ty, $name:expr, worker_threads = $workers:expr) => {
         impl $crate::cli::PluginConfig for $ty {
+            fn default_worker_threads() -> usize {
+                $workers
+            }
             fn default_path() -> ::std::path::PathBuf {
                 ::std::path::PathBuf::from(format!("/etc/strata/{}.toml", $name))
             }
@@ -156,6 +172,9 @@ pub fn load<C: PluginConfig>(args: &ServerArgs, defaults: C) -> Result<C, Config
         server.socket_mode = m.clone();
     }
     server.socket_mode_bits()?;
+    if server.worker_threads.is_none() {
+        server.worker_threads = Some(C::default_worker_threads());
+    }
     Ok(config)
 }
 
@@ -197,6 +216,9 @@ mod tests {
         fn server_mut(&mut self) -> &mut ServerConfig {
             &mut self.server
         }
+        fn default_worker_threads() -> usize {
+            3
+        }
     }
 
     fn defaults() -> TestConfig {
@@ -237,6 +259,33 @@ mod tests {
         assert_eq!(c.knob, 7);
         let again: TestConfig = toml::from_str(&render(&c).unwrap()).unwrap();
         assert_eq!(again, c);
+    }
+
+    #[test]
+    fn worker_threads_default_to_the_plugins_choice_unless_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let args = ServerArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        // A file written before the key existed (no `worker_threads`) still loads.
+        let text = render(&defaults()).unwrap();
+        assert!(!text.contains("worker_threads"), "{text}");
+        std::fs::write(&path, &text).unwrap();
+        let c = load(&args, defaults()).unwrap();
+        assert_eq!(c.server.worker_threads, Some(3));
+        assert!(render(&c).unwrap().contains("worker_threads = 3"));
+
+        std::fs::write(
+            &path,
+            text.replace("[server]\n", "[server]\nworker_threads = 0\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            load(&args, defaults()).unwrap().server.worker_threads,
+            Some(0)
+        );
     }
 
     #[test]
