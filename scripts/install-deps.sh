@@ -13,6 +13,7 @@ packages=(
   e2fsprogs util-linux       # loop-mounted ext4 for benchmarks, mount/umount
   systemd                    # systemd-socket-activate in the server lifecycle tests
   ca-certificates gcc make pkg-config  # -sys crates build C code
+  nasm autoconf automake libtool       # isal-sys builds ISA-L (the differ's gzip inflate)
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -458,7 +458,7 @@ fn decode<R: Read>(
             out
         }
         Compression::Gzip => {
-            let mut r = flate2::bufread::MultiGzDecoder::new(input);
+            let mut r = crate::inflate::GzDecoder::new(input);
             let out = pump(&mut r, |r| r.get_mut(), &tx, None)?;
             drain(r.get_mut())?;
             out

@@ -20,6 +20,7 @@ pub mod compare;
 pub mod compress;
 pub mod config;
 pub mod fetch;
+pub mod inflate;
 pub mod layer;
 pub mod media;
 pub mod read_full;
