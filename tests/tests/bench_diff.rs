@@ -12,7 +12,10 @@
 //! it, outside the timing.
 //!
 //! Workloads: `small`, 20,000 new files of 0.5-8 KiB in 200 directories (the case containerd's
-//! commit of a container hits most); `big`, four 128 MiB files (where compression dominates).
+//! commit of a container hits most); `big`, four 128 MiB files (where compression dominates);
+//! `tiny`, 100 new files of 4 KiB (a small change). They are written on busybox, or on the
+//! `smallfiles` image (50,000 files, 140 MiB) when named `<workload>@smallfiles`: a Diff should
+//! cost in proportion to the change, not to the image under it.
 //! The machine's limits are measured on the same upperdir in the same rounds: `tar -c` alone,
 //! and piped into `gzip -6`, `pigz -6` and `zstd -3 -T0`.
 //!
@@ -118,9 +121,30 @@ fn write_workload(root: &Path, workload: &str) -> (u64, u64) {
                 bytes += 128 << 20;
             }
         }
+        "tiny" => {
+            let mut buf = vec![0u8; 4096];
+            std::fs::create_dir_all(root.join("tiny")).unwrap();
+            for f in 0..100u64 {
+                fill(&mut buf, 7_000_000 + f);
+                std::fs::write(root.join(format!("tiny/f{f:03}.dat")), &buf).unwrap();
+                files += 1;
+                bytes += buf.len() as u64;
+            }
+        }
         other => panic!("unknown workload {other}"),
     }
     (files, bytes)
+}
+
+/// The image a workload is written on: `busybox` unless the workload says `@<base>`.
+fn base_image(workload: &str) -> (&str, strata_testkit::image::Image) {
+    let (change, base) = workload.split_once('@').unwrap_or((workload, "busybox"));
+    let image = match base {
+        "busybox" => fixtures::busybox(Compression::Gzip),
+        "smallfiles" => fixtures::smallfiles(Compression::Gzip),
+        other => panic!("unknown base image {other}"),
+    };
+    (change, image.unwrap())
 }
 
 struct Target {
@@ -141,8 +165,8 @@ impl Target {
         workload: &str,
     ) -> Target {
         let stack = differ_stack(version, strata);
-        let base = fixtures::busybox(Compression::Gzip).unwrap();
-        let archive = stack.containerd.dir().path().join("busybox.tar");
+        let (change, base) = base_image(workload);
+        let archive = stack.containerd.dir().path().join("base.tar");
         base.write_archive(&archive).unwrap();
         stack
             .containerd
@@ -207,7 +231,7 @@ impl Target {
             panic!("one overlay mount expected: {upper:?}")
         };
         mount(&m.r#type, &m.source, &m.options, &target).unwrap();
-        let (files, bytes) = write_workload(&target, workload);
+        let (files, bytes) = write_workload(&target, change);
         unmount(&target).unwrap();
         eprintln!(
             "{}: {workload}: {files} files, {:.1} MiB written into the active snapshot",
