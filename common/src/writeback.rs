@@ -1,10 +1,10 @@
 //! Early writeback of a file appended to and fsynced at its end: a content ingest, a Diff's
-//! layer. The commit must fsync the whole blob, and with nothing else pushing them out (the kernel starts background writeback only at
-//! `dirty_background_ratio`, gigabytes on a large machine) every page of the ingest is still
-//! dirty then: a 1 GiB ingest spent about a second in that fsync alone. Asking the kernel to
-//! start writing each few MiB as they arrive overlaps the disk with the transfer, and the fsync
-//! at commit, still made, mostly waits for I/O already under way. Durability is unchanged:
-//! nothing here is a promise; the fsync is.
+//! layer. The commit must fsync the whole blob, and with nothing else pushing them out (the
+//! kernel starts background writeback only at `dirty_background_ratio`, gigabytes on a large
+//! machine) every page of the ingest is still dirty then: a 1 GiB ingest spent about a second
+//! in that fsync alone. Asking the kernel to start writing each few MiB as they arrive
+//! overlaps the disk with the transfer, and the fsync at commit, still made, mostly waits for
+//! I/O already under way. Durability is unchanged: nothing here is a promise; the fsync is.
 //!
 //! Starting writeback is not enough where the disk has a write cache of its own, as a virtual
 //! machine's disk backed by the host's page cache has: the data leaves the kernel early, but

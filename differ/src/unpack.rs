@@ -451,8 +451,8 @@ impl Unpacker {
         for c in missing {
             let here = resolved.join(&c);
             match resolve::mkdir_at(cur.as_raw_fd(), &c, 0o755) {
-                // Set, not left to the umask: the umask is process-wide, and the test
-                // harness's servers narrow it for a moment while binding their sockets.
+                // Set, not left to the umask: that is whatever the process was started
+                // with (a service manager's 077 would make the directory 0700).
                 Ok(()) => resolve::chmod_at(cur.as_raw_fd(), &c, 0o755)
                     .map_err(|e| Error::io(format!("chmod {}", here.display()), e))?,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
