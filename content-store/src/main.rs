@@ -3,7 +3,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use strata_common::cli::ServerArgs;
-use strata_content::config::{Config, NAME};
+use strata_content::backend::{BlobBackend, LocalBackend, S3Backend};
+use strata_content::config::{BackendKind, Config, NAME};
 use strata_content::{ContentService, ContentStore, SERVICE_NAME};
 
 /// containerd proxy content store (local disk or object storage).
@@ -23,7 +24,20 @@ fn main() -> ExitCode {
         |_| {},
         &[SERVICE_NAME],
         |cfg: &Config| {
-            let store = ContentStore::open_local(&cfg.server.root).map_err(|e| e.chain())?;
+            let root = &cfg.server.root;
+            let backend: Box<dyn BlobBackend> = match cfg.content.backend {
+                BackendKind::Local => Box::new(LocalBackend::open(root).map_err(|e| e.chain())?),
+                BackendKind::S3 => {
+                    let s3 = S3Backend::open(root, &cfg.content.s3).map_err(|e| e.chain())?;
+                    let every = cfg.content.s3.gc_interval_secs;
+                    if every > 0 {
+                        s3.spawn_sweeper(Duration::from_secs(every))
+                            .map_err(|e| e.chain())?;
+                    }
+                    Box::new(s3)
+                }
+            };
+            let store = ContentStore::open(root, backend).map_err(|e| e.chain())?;
             match store.prune_metadata() {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(rows = n, "pruned metadata of deleted blobs"),

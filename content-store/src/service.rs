@@ -497,7 +497,7 @@ impl Content for ContentService {
         // it just wrote or read): then it is read right here, as a blocking-pool hop or even
         // block_in_place's hand-over of this worker cost more than the read. Only what would
         // wait for the disk (or a backend that cannot tell) goes off the worker.
-        let (reader, end) = if self.store.reader_is_cheap() {
+        let (reader, end) = if self.store.reader_is_cheap(&digest) {
             open_range(&self.store, &digest, offset, size)?
         } else {
             short_blocking(|| open_range(&self.store, &digest, offset, size))?

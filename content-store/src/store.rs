@@ -150,8 +150,8 @@ impl ContentStore {
     }
 
     /// See [`BlobBackend::open_is_cheap`].
-    pub fn reader_is_cheap(&self) -> bool {
-        self.inner.backend.open_is_cheap()
+    pub fn reader_is_cheap(&self, digest: &Digest) -> bool {
+        self.inner.backend.open_is_cheap(digest)
     }
 
     pub fn status(&self, r#ref: &str) -> Result<IngestStatus> {

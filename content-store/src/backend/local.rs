@@ -32,12 +32,19 @@ impl LocalBackend {
     }
 }
 
-struct LocalReader {
+/// An open blob file; also the S3 backend's cached copies.
+pub(crate) struct FileReader {
     file: File,
     size: u64,
 }
 
-impl BlobReader for LocalReader {
+impl FileReader {
+    pub(crate) fn new(file: File, size: u64) -> FileReader {
+        FileReader { file, size }
+    }
+}
+
+impl BlobReader for FileReader {
     fn size(&self) -> u64 {
         self.size
     }
@@ -108,10 +115,10 @@ impl BlobBackend for LocalBackend {
             .metadata()
             .map_err(|e| Error::io(format!("stat content {digest}"), e))?
             .len();
-        Ok(Box::new(LocalReader { file, size }))
+        Ok(Box::new(FileReader { file, size }))
     }
 
-    fn open_is_cheap(&self) -> bool {
+    fn open_is_cheap(&self, _digest: &Digest) -> bool {
         true
     }
 

@@ -10,8 +10,10 @@ use strata_common::Result;
 use crate::digest::Digest;
 
 pub mod local;
+pub mod s3;
 
 pub use local::LocalBackend;
+pub use s3::S3Backend;
 
 /// What a backend knows about a stored blob.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,8 +49,9 @@ pub trait BlobBackend: Send + Sync + 'static {
 
     /// Whether [`BlobBackend::open`] is a lookup in kernel caches in the common case (a local
     /// file: dentry and inode caches) rather than I/O, so that a caller may run it on an async
-    /// worker. A backend that talks to anything remote must leave this false.
-    fn open_is_cheap(&self) -> bool {
+    /// worker. A backend that talks to anything remote answers true only for blobs it has
+    /// locally.
+    fn open_is_cheap(&self, _digest: &Digest) -> bool {
         false
     }
 
