@@ -4,8 +4,11 @@
 //! period, and through a `deleting` flag that a node taking a new reference checks after
 //! writing its marker, so that a reference racing the deletion is never lost:
 //!
-//! - a node referencing: write marker, then read the flag (`candidate`: delete it;
-//!   `deleting`: the blob may be going, treat it as absent until the flag is gone);
+//! - a node committing the blob (it has the bytes): write marker, then read the flag
+//!   (`candidate`: delete it; `deleting`: wait until it is gone, then upload if the object
+//!   went);
+//! - a node only taking a reference (Info): write marker, then read the flag; any flag means
+//!   no node holds the blob any more, so the marker goes again and the blob is absent;
 //! - the sweeper: flag `candidate` older than the grace period, then write `deleting`, list
 //!   markers again, delete the blob only if there is still none, then the flag.
 //!
@@ -51,6 +54,24 @@ impl Fleet<'_> {
         let r = self.remote;
         r.put_small(&r.ref_key(d, self.node), Bytes::new())?;
         self.check_flag(d)
+    }
+
+    /// Writes this node's marker for `d` only if no node has released it for deletion (no
+    /// flag, before and after the marker is written): a blob nobody holds is absent to a node
+    /// that does not have its bytes. False (and no marker) otherwise.
+    pub fn add_ref_if_live(&self, d: &Digest) -> Result<bool> {
+        let r = self.remote;
+        let flag = r.gc_key(d);
+        if r.head(&flag)?.is_some() {
+            return Ok(false);
+        }
+        let marker = r.ref_key(d, self.node);
+        r.put_small(&marker, Bytes::new())?;
+        if r.head(&flag)?.is_some() {
+            r.delete(&marker)?;
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     /// The blob's flag, withdrawing a `candidate` (this node's marker is written).

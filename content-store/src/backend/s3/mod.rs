@@ -274,7 +274,8 @@ impl S3Backend {
         Ok(())
     }
 
-    /// `d` is in the bucket but not held here: take a reference, unless it is being deleted.
+    /// `d` is in the bucket but not held here: take a reference, unless no node holds it any
+    /// more (released blobs are absent to nodes without their bytes).
     fn adopt_remote(&self, d: &Digest) -> Result<Option<BlobStat>> {
         let s = &*self.inner;
         let _busy = s.busy(d);
@@ -285,12 +286,11 @@ impl S3Backend {
         if s.remote.head(&key)?.is_none() {
             return Ok(None);
         }
-        let flag = s.fleet().add_ref(d)?;
-        let obj = match flag {
-            Flag::Clear => s.remote.head(&key)?,
-            Flag::Deleting { .. } => None,
-        };
-        let Some(obj) = obj else {
+        if !s.fleet().add_ref_if_live(d)? {
+            return Ok(None);
+        }
+        // Still there? (A sweeper may have deleted it before the marker was written.)
+        let Some(obj) = s.remote.head(&key)? else {
             s.remote.delete(&s.remote.ref_key(d, &s.node))?;
             return Ok(None);
         };

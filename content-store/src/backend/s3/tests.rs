@@ -155,7 +155,7 @@ fn second_node_answers_from_the_bucket_and_fleet_gc_waits_for_both() {
 }
 
 #[test]
-fn a_new_reference_withdraws_the_candidate_flag() {
+fn a_released_blob_is_absent_to_info_but_a_commit_takes_it_back() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Arc::new(InMemory::new());
     let a = node(tmp.path(), "a", &store, 0);
@@ -164,11 +164,19 @@ fn a_new_reference_withdraws_the_candidate_flag() {
     a.put(&d, &p).unwrap();
     a.delete(&d).unwrap();
     assert_eq!(keys(&store, "fleet/gc").len(), 1, "candidate");
-    // B takes a reference before any sweep: the flag goes and the blob survives sweeps.
-    assert!(b.stat(&d).unwrap().is_some());
+    // Nobody holds it: absent, on the node that deleted it and on any other.
+    assert!(a.stat(&d).unwrap().is_none());
+    assert!(b.stat(&d).unwrap().is_none());
+    assert!(
+        keys(&store, "fleet/refs").is_empty(),
+        "no marker left behind"
+    );
+    // A commit of the same bytes withdraws the flag, and sweeps keep the blob.
+    let (_, p) = ingest(tmp.path(), b"shared");
+    b.put(&d, &p).unwrap();
     assert!(keys(&store, "fleet/gc").is_empty());
     a.sweep().unwrap();
-    assert!(read_all(&*b.open(&d).unwrap()) == b"shared");
+    assert!(read_all(&*a.open(&d).unwrap()) == b"shared");
 }
 
 #[test]
