@@ -27,3 +27,20 @@ fi
 
 tests/scripts/containerd-env.sh install 1.7
 tests/scripts/containerd-env.sh install 2
+
+# Garage, the S3-compatible object store the S3 backend's tests run as a private 3-node cluster
+# (tests/src/garage.rs). Built from crates.io once into a versioned cache dir, because the
+# build takes about 15 minutes on two cores; tests look for the binary there (or in
+# $STRATA_GARAGE). Changing the version means changing GARAGE_VERSION in tests/src/garage.rs.
+GARAGE_VERSION=2.5.0
+garage_root=/var/cache/strata/garage-$GARAGE_VERSION
+if [[ ! -x $garage_root/bin/garage ]]; then
+  command -v cargo >/dev/null || { echo "install-deps: cargo is needed to build garage" >&2; exit 1; }
+  garage_target=/var/cache/strata/garage-build
+  mkdir -p /var/cache/strata
+  # Outside the repo, so neither its .cargo/config.toml nor its target dir are involved.
+  (cd /var/cache/strata &&
+    CARGO_TARGET_DIR=$garage_target cargo install --locked garage \
+      --version "$GARAGE_VERSION" --root "$garage_root")
+  rm -rf "$garage_target"
+fi

@@ -10,6 +10,7 @@ pub mod config;
 pub mod containerd;
 pub mod ctr;
 pub mod error;
+pub mod garage;
 pub mod health;
 pub mod ids;
 pub mod install;
@@ -23,6 +24,7 @@ pub mod version;
 
 pub use containerd::{Containerd, ContainerdDir, ContainerdOptions};
 pub use error::{Error, Result};
+pub use garage::GarageCluster;
 pub use ids::unique_name;
 pub use plugins::{PluginKind, PluginSet, Plugins, PluginsOptions, StrataProcess};
 pub use proxy::ProxyPlugins;
