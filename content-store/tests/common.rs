@@ -11,11 +11,13 @@ use std::time::Duration;
 use sha2::Digest as _;
 use strata_common::client::unix_channel;
 use strata_common::serve::{Listener, Running, spawn};
+use strata_content::backend::{S3Backend, s3::S3Config};
 use strata_content::{ContentService, ContentStore, SERVICE_NAME};
 use strata_proto::content::content_client::ContentClient;
 use strata_proto::content::{
     ReadContentRequest, WriteAction, WriteContentRequest, WriteContentResponse,
 };
+use strata_tests::garage::GarageCluster;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -28,12 +30,91 @@ pub struct Server {
     running: Running,
 }
 
+/// Where a test's store keeps its blobs.
+pub enum Backend {
+    Local,
+    S3(Box<S3Config>),
+}
+
+impl Backend {
+    /// The s3 backend on `cluster`, under a prefix of its own (`case` and a unique suffix),
+    /// so cases sharing the cluster share nothing.
+    pub fn s3(cluster: &GarageCluster, case: &str) -> Backend {
+        Backend::S3(Box::new(s3_config(cluster, case)))
+    }
+}
+
+/// A config for `cluster` (node 1's endpoint), its own prefix per call.
+pub fn s3_config(cluster: &GarageCluster, case: &str) -> S3Config {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    S3Config {
+        endpoint: cluster.endpoint(0),
+        region: cluster.region().to_string(),
+        bucket: cluster.bucket().to_string(),
+        prefix: format!("{case}-{}-{n}/", std::process::id()),
+        path_style: true,
+        allow_http: true,
+        credentials_file: Some(cluster.credentials_file().to_path_buf()),
+        node_id: "test".into(),
+        request_timeout_secs: 10,
+        retry_timeout_secs: 10,
+        ..S3Config::default()
+    }
+}
+
+/// Starts a Garage cluster from async code.
+pub async fn garage() -> GarageCluster {
+    tokio::task::spawn_blocking(GarageCluster::start)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Defines each listed `async fn case(Backend)` as a test against the local backend, and one
+/// test running them all against the s3 backend on one Garage cluster (a cluster per case
+/// would cost more than the cases).
+#[macro_export]
+macro_rules! cases {
+    ($($name:ident),* $(,)?) => {
+        mod local {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(super::Backend::Local).await
+                }
+            )*
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn every_case_on_s3_backend_on_garage() {
+            let cluster = garage().await;
+            $(
+                eprintln!("s3 backend: {}", stringify!($name));
+                $name(Backend::s3(&cluster, stringify!($name))).await;
+            )*
+            tokio::task::spawn_blocking(move || drop(cluster)).await.unwrap();
+        }
+    };
+}
+
 impl Server {
     /// Serves a local store rooted at `root` on `dir/content.sock`.
     pub async fn start(root: &Path, dir: &Path) -> Server {
+        Server::start_with(root, dir, &Backend::Local).await
+    }
+
+    /// Serves a store rooted at `root` with `backend` on `dir/content.sock`.
+    pub async fn start_with(root: &Path, dir: &Path, backend: &Backend) -> Server {
         let socket = dir.join("content.sock");
         let listener = Listener::bind(&socket, 0o600, None).unwrap();
-        let store = ContentStore::open_local(root).unwrap();
+        let store = match backend {
+            Backend::Local => ContentStore::open_local(root).unwrap(),
+            Backend::S3(cfg) => {
+                let b = S3Backend::open(root, cfg).unwrap();
+                ContentStore::open(root, Box::new(b)).unwrap()
+            }
+        };
         let server = ContentService::new(store).into_server();
         let running = spawn(
             listener,

@@ -14,13 +14,29 @@ use strata_proto::content::{
 };
 use tonic::Code;
 
-async fn setup() -> (tempfile::TempDir, Server, Client) {
+async fn setup(backend: Backend) -> (tempfile::TempDir, Server, Client) {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("root");
-    let server = Server::start(&root, tmp.path()).await;
+    let server = Server::start_with(&root, tmp.path(), &backend).await;
     let client = server.client();
     (tmp, server, client)
 }
+
+// Each case runs against both backends: local disk, and S3 on a real Garage cluster.
+cases!(
+    write_commit_info_read,
+    info_update_delete_errors,
+    list_and_list_statuses_filter_and_batch,
+    write_protocol_errors,
+    existing_blob_is_already_exists,
+    second_writer_on_a_ref_is_unavailable_until_the_first_ends,
+    concurrent_writers_on_one_ref_exactly_one_wins_at_a_time,
+    two_refs_writing_one_digest,
+    resume_after_dropped_connection,
+    abort_removes_the_ingest,
+    blobs_are_stored_in_containerds_layout_read_only,
+    large_writes_hash_in_background_yet_digests_given_and_commit_are_exact,
+);
 
 async fn info(c: &mut Client, d: &str) -> Result<Info, tonic::Status> {
     Ok(c.info(InfoRequest {
@@ -61,9 +77,8 @@ async fn list(c: &mut Client, filters: &[&str]) -> Result<Vec<Info>, tonic::Stat
     Ok(out)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn write_commit_info_read() {
-    let (_tmp, server, mut c) = setup().await;
+async fn write_commit_info_read(backend: Backend) {
+    let (_tmp, server, mut c) = setup(backend).await;
     let data = bytes(3 << 20 | 12345, 1);
     let d = sha256(&data);
 
@@ -148,9 +163,8 @@ async fn write_commit_info_read() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn info_update_delete_errors() {
-    let (_tmp, _server, mut c) = setup().await;
+async fn info_update_delete_errors(backend: Backend) {
+    let (_tmp, _server, mut c) = setup(backend).await;
     let e = info(&mut c, &sha256(b"none")).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     let e = info(&mut c, "md5:abc").await.unwrap_err();
@@ -227,9 +241,8 @@ async fn info_update_delete_errors() {
     assert!(info(&mut c, &d).await.unwrap().labels.is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn list_and_list_statuses_filter_and_batch() {
-    let (_tmp, _server, mut c) = setup().await;
+async fn list_and_list_statuses_filter_and_batch(backend: Backend) {
+    let (_tmp, _server, mut c) = setup(backend).await;
     let mut digests = Vec::new();
     for i in 0..230u32 {
         digests.push(
@@ -300,9 +313,8 @@ async fn list_and_list_statuses_filter_and_batch() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn write_protocol_errors() {
-    let (_tmp, _server, mut c) = setup().await;
+async fn write_protocol_errors(backend: Backend) {
+    let (_tmp, _server, mut c) = setup(backend).await;
     // The first message must name a ref.
     let e = Writer::open(&mut c, stat_req("", 0, ""))
         .await
@@ -409,9 +421,8 @@ async fn status_offset_owned(mut c: Client, r: &'static str) -> Result<i64, toni
     status_offset(&mut c, r).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn existing_blob_is_already_exists() {
-    let (_tmp, _server, mut c) = setup().await;
+async fn existing_blob_is_already_exists(backend: Backend) {
+    let (_tmp, _server, mut c) = setup(backend).await;
     let d = ingest(&mut c, "a", b"same", 2).await.unwrap();
     // Expected digest on the first message: refused at once, ingest removed.
     let e = Writer::open(&mut c, stat_req("b", 4, &d))
@@ -441,9 +452,8 @@ async fn existing_blob_is_already_exists() {
     assert_eq!(read(&mut c, &d, 0, 0).await.unwrap(), b"same");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn second_writer_on_a_ref_is_unavailable_until_the_first_ends() {
-    let (_tmp, server, mut c) = setup().await;
+async fn second_writer_on_a_ref_is_unavailable_until_the_first_ends(backend: Backend) {
+    let (_tmp, server, mut c) = setup(backend).await;
     let (mut w, _) = Writer::stat(&mut c, "locked").await.unwrap();
     w.write(0, b"first").await.unwrap();
     let mut other = server.client();
@@ -470,9 +480,8 @@ async fn second_writer_on_a_ref_is_unavailable_until_the_first_ends() {
     w2.commit(5, 5, &sha256(b"first")).await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_writers_on_one_ref_exactly_one_wins_at_a_time() {
-    let (_tmp, server, _c) = setup().await;
+async fn concurrent_writers_on_one_ref_exactly_one_wins_at_a_time(backend: Backend) {
+    let (_tmp, server, _c) = setup(backend).await;
     let data = bytes(256 << 10, 9);
     let d = sha256(&data);
     let mut tasks = Vec::new();
@@ -509,9 +518,8 @@ async fn concurrent_writers_on_one_ref_exactly_one_wins_at_a_time() {
     assert_eq!(read(&mut c, &d, 0, 0).await.unwrap(), data);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_refs_writing_one_digest() {
-    let (_tmp, server, mut c) = setup().await;
+async fn two_refs_writing_one_digest(backend: Backend) {
+    let (_tmp, server, mut c) = setup(backend).await;
     let data = bytes(1 << 20, 3);
     let d = sha256(&data);
     let (mut a, _) = Writer::stat(&mut c, "ref-a").await.unwrap();
@@ -545,9 +553,8 @@ async fn two_refs_writing_one_digest() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resume_after_dropped_connection() {
-    let (tmp, server, _) = setup().await;
+async fn resume_after_dropped_connection(backend: Backend) {
+    let (tmp, server, _) = setup(backend).await;
     let data = bytes(2 << 20, 5);
     let d = sha256(&data);
     {
@@ -585,9 +592,8 @@ async fn resume_after_dropped_connection() {
     assert_eq!(read(&mut c, &d, 0, 0).await.unwrap(), data);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn abort_removes_the_ingest() {
-    let (_tmp, _server, mut c) = setup().await;
+async fn abort_removes_the_ingest(backend: Backend) {
+    let (_tmp, _server, mut c) = setup(backend).await;
     let e = c
         .abort(AbortRequest {
             r#ref: "none".into(),
@@ -608,10 +614,9 @@ async fn abort_removes_the_ingest() {
     assert_eq!(st.offset, 0, "a new ingest starts from nothing");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn blobs_are_stored_in_containerds_layout_read_only() {
+async fn blobs_are_stored_in_containerds_layout_read_only(backend: Backend) {
     use std::os::unix::fs::PermissionsExt;
-    let (tmp, _server, mut c) = setup().await;
+    let (tmp, _server, mut c) = setup(backend).await;
     let d = ingest(&mut c, "layout", b"layout", 3).await.unwrap();
     let hex = d.strip_prefix("sha256:").unwrap();
     let path = tmp.path().join("root/blobs/sha256").join(hex);
@@ -624,9 +629,8 @@ async fn blobs_are_stored_in_containerds_layout_read_only() {
     assert_eq!(std::fs::read_dir(ingest_dir).unwrap().count(), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn large_writes_hash_in_background_yet_digests_given_and_commit_are_exact() {
-    let (_tmp, _server, mut c) = setup().await;
+async fn large_writes_hash_in_background_yet_digests_given_and_commit_are_exact(backend: Backend) {
+    let (_tmp, _server, mut c) = setup(backend).await;
     let data = bytes(3 << 20, 11);
     let (mut w, _) = Writer::stat(&mut c, "bg").await.unwrap();
     let r = w.write(0, &data[..1 << 20]).await.unwrap();
