@@ -178,10 +178,14 @@ impl ContentStore {
         }
         // Lock first, so a second writer hears "locked" whether or not the blob exists.
         let lock = self.inner.ingests.try_lock(r#ref)?;
-        if let Some(e) = expected
-            && self.inner.backend.stat(e)?.is_some()
-        {
-            return Err(Error::already_exists(format!("content {e}")));
+        if let Some(e) = expected {
+            match self.inner.backend.stat(e) {
+                Ok(Some(_)) => return Err(Error::already_exists(format!("content {e}"))),
+                Ok(None) => {}
+                // A remote backend that cannot tell right now: take the data anyway, so that
+                // only the commit has to wait for the store to come back.
+                Err(err) => debug!(digest = %e, error = %err.chain(), "cannot check for the blob"),
+            }
         }
         let writer = self
             .inner
