@@ -9,6 +9,7 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use strata_common::{Error, Result, publish};
 use tracing::debug;
@@ -178,6 +179,41 @@ impl Cache {
         self.state().entries.contains_key(d)
     }
 
+    /// Removes files in `blobs/` that `held` rejects and nothing wrote for `age`; returns
+    /// how many went.
+    pub fn remove_unheld(&self, held: &dyn Fn(&Digest) -> bool, age: Duration) -> Result<usize> {
+        let now = SystemTime::now();
+        let mut removed = 0;
+        for alg in [Algorithm::Sha256, Algorithm::Sha384, Algorithm::Sha512] {
+            let dir = self.blobs.join(alg.as_str());
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(format!("list {}", dir.display()), e)),
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(Ok(d)) = name
+                    .to_str()
+                    .map(|hex| Digest::parse(&format!("{}:{hex}", alg.as_str())))
+                else {
+                    continue;
+                };
+                let old = entry
+                    .metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|m| now.duration_since(m).ok())
+                    .is_some_and(|idle| idle >= age);
+                if !held(&d) && old {
+                    self.remove(&d)?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Bytes of cached blobs.
     pub fn total(&self) -> u64 {
         self.state().total
@@ -250,5 +286,21 @@ mod tests {
         let fourth = put(&c, tmp.path(), &[4; 10]);
         assert_eq!(c.evict(), vec![fourth]);
         assert!(c.path(&a).exists() && c.path(&third).exists());
+    }
+
+    #[test]
+    fn unheld_files_go_once_old() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = Cache::open(tmp.path(), 0).unwrap();
+        let a = put(&c, tmp.path(), b"a");
+        let b = put(&c, tmp.path(), b"b");
+        let keep_a = |d: &Digest| *d == a;
+        assert_eq!(
+            c.remove_unheld(&keep_a, Duration::from_secs(3600)).unwrap(),
+            0,
+            "young"
+        );
+        assert_eq!(c.remove_unheld(&keep_a, Duration::ZERO).unwrap(), 1);
+        assert!(c.path(&a).exists() && !c.path(&b).exists());
     }
 }

@@ -178,8 +178,17 @@ impl S3Backend {
         // Downloads of a previous process: never complete, never renamed into place.
         let _ = fs::remove_dir_all(cache.temp_dir());
         let held = Held::open(&root.join("held.db"))?;
+        let mut held_now = std::collections::HashSet::new();
         for h in held.all()? {
             cache.adopt_existing(&h.digest);
+            held_now.insert(h.digest);
+        }
+        // Files of blobs no longer held (a crash inside Delete). A younger one may be a
+        // layer the differ just placed, which Info adopts.
+        match cache.remove_unheld(&|d| held_now.contains(d), Duration::from_secs(3600)) {
+            Ok(0) => {}
+            Ok(n) => info!(files = n, "removed cached files of blobs no longer held"),
+            Err(e) => warn!(error = %e.chain(), "cannot clean the cache directory"),
         }
         let evicted = cache.evict();
         if !evicted.is_empty() {
@@ -385,6 +394,19 @@ impl BlobBackend for S3Backend {
 
     fn open(&self, digest: &Digest) -> Result<Box<dyn BlobReader>> {
         let s = &*self.inner;
+        // Cached means held: the common case needs neither the database nor the network.
+        if s.cache.contains(digest)
+            && let Some((file, pin)) = s.cache.open_file(digest)?
+        {
+            let size = file
+                .metadata()
+                .map_err(|e| Error::io(format!("stat cached content {digest}"), e))?
+                .len();
+            return Ok(Box::new(CachedReader {
+                file: FileReader::new(file, size),
+                _pin: pin,
+            }));
+        }
         let size = match self.stat(digest)? {
             Some(st) => st.size,
             None => return Err(blob_not_found(digest)),
