@@ -230,9 +230,10 @@ impl Ingests {
         Ok(IngestWriter {
             dir,
             file,
+            persisted_update: status.updated_at,
             status,
             hash: RunningHash::new(hasher, writeback),
-            lock,
+            lock: Some(lock),
         })
     }
 
@@ -354,11 +355,35 @@ fn writeback_of(file: &File, path: &Path, offset: u64) -> Option<Writeback> {
 
 /// The one writer of an ingest; dropping it releases the ref (the ingest stays, resumable).
 pub struct IngestWriter {
+    /// Empty once [`IngestWriter::finish`] handed the ingest on.
     dir: PathBuf,
     file: File,
     status: IngestStatus,
+    /// The `updatedat` file's time.
+    persisted_update: SystemTime,
     hash: RunningHash,
-    lock: RefLock,
+    /// `None` once handed on.
+    lock: Option<RefLock>,
+}
+
+impl Drop for IngestWriter {
+    /// Records the exact time of the last write before the ref is released, so a resumed
+    /// ingest reports it (the data file's mtime comes from the kernel's coarse clock and may
+    /// be milliseconds earlier). No fsync: after a crash the mtime is the fallback.
+    fn drop(&mut self) {
+        if self.dir.as_os_str().is_empty() || self.status.updated_at == self.persisted_update {
+            return;
+        }
+        let path = self.dir.join(UPDATED);
+        // Into a file of its own then renamed, so a reader never sees it half written; an
+        // aborted ingest's directory is gone and stays gone.
+        let tmp = self.dir.join(format!("{UPDATED}.tmp"));
+        let written = fs::write(&tmp, to_nanos(self.status.updated_at).to_string())
+            .and_then(|()| fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::debug!(path = %path.display(), error = %e, "cannot record the last write time");
+        }
+    }
 }
 
 /// A verified, fsynced ingest ready to be stored; still holds the ref's lock.
@@ -428,7 +453,7 @@ impl IngestWriter {
 
     /// Makes the data durable and checks it against `size` (0: any) and `expected`, in
     /// containerd's words; FailedPrecondition leaves the ingest as it was.
-    pub fn finish(self, size: u64, expected: Option<&Digest>) -> Result<FinishedIngest> {
+    pub fn finish(mut self, size: u64, expected: Option<&Digest>) -> Result<FinishedIngest> {
         let r#ref = &self.status.r#ref;
         self.file
             .sync_all()
@@ -447,12 +472,16 @@ impl IngestWriter {
                 "unexpected commit digest {digest}, expected {e}"
             )));
         }
+        let lock = self
+            .lock
+            .take()
+            .ok_or_else(|| Error::internal("ingest writer without its lock"))?;
         Ok(FinishedIngest {
             digest,
             size: offset,
             data: self.dir.join(DATA),
-            dir: self.dir,
-            lock: self.lock,
+            dir: std::mem::take(&mut self.dir),
+            lock,
         })
     }
 }
@@ -485,6 +514,30 @@ mod tests {
             .finish(10, Some(&Digest::sha256_of(b"helloworld")))
             .unwrap();
         assert_eq!(fs::read(&f.data).unwrap(), b"helloworld");
+    }
+
+    #[test]
+    fn updated_at_is_the_last_write_exactly_across_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ing = Ingests::open(tmp.path()).unwrap();
+        let mut w = ing.writer("r", 0, None).unwrap();
+        let started = w.status().started_at;
+        std::thread::sleep(Duration::from_millis(5));
+        w.write_slice(b"abc").unwrap();
+        let last = w.status().updated_at;
+        assert!(last > started);
+        drop(w);
+        let st = ing.status("r").unwrap();
+        assert_eq!((st.started_at, st.updated_at), (started, last));
+        let w = ing.writer("r", 0, None).unwrap();
+        assert_eq!(
+            (w.status().started_at, w.status().updated_at),
+            (started, last)
+        );
+        // A writer that wrote nothing changes nothing.
+        drop(w);
+        assert_eq!(ing.status("r").unwrap().updated_at, last);
+        assert_eq!(ing.list().unwrap()[0].updated_at, last);
     }
 
     #[test]
