@@ -912,3 +912,63 @@ fn breakouts_never_leave_the_root() {
         }
     }
 }
+
+/// containerd's `createTarFile` applies a hard link entry's owner, xattrs, mode and times to
+/// the inode after `link`: whether the target came earlier in the same layer or from what
+/// was there before (a lower layer applied to the same directory).
+#[test]
+fn hard_link_entries_set_the_shared_inodes_metadata() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    apply(&root, &tree![file_mode("lower", "l", 0o600)]).unwrap();
+    let tar = vec![
+        RawEntry::file("same", "s")
+            .mode(0o644)
+            .owner(0, 0)
+            .mtime(1000),
+        RawEntry::hardlink("same-link", "same")
+            .mode(0o4777)
+            .owner(1234, 5678)
+            .mtime(2000)
+            .xattr("user.from-link", "yes"),
+        RawEntry::hardlink("lower-link", "lower")
+            .mode(0o751)
+            .owner(42, 43)
+            .mtime(3000),
+        // A link to a symlink: the symlink's owner changes, nothing is followed.
+        RawEntry::symlink("sym", "same"),
+        RawEntry::hardlink("sym-link", "sym")
+            .mode(0o600)
+            .owner(7, 8)
+            .mtime(4000),
+    ];
+    let layer = Layer::from_raw(&tar, Compression::None).unwrap();
+    apply_layer(&layer, &[bind(&root)]).unwrap();
+    let md = |rel: &str| std::fs::symlink_metadata(root.join(rel)).unwrap();
+    for name in ["same", "same-link"] {
+        let m = md(name);
+        assert_eq!(m.mode() & 0o7777, 0o4777, "{name}");
+        assert_eq!((m.uid(), m.gid(), m.mtime()), (1234, 5678, 2000), "{name}");
+        assert_eq!(m.nlink(), 2);
+    }
+    assert_eq!(
+        xattr_of(&root.join("same"), "user.from-link").as_deref(),
+        Some(&b"yes"[..])
+    );
+    let m = md("lower");
+    assert_eq!(
+        (m.mode() & 0o7777, m.uid(), m.gid(), m.mtime()),
+        (0o751, 42, 43, 3000)
+    );
+    let s = md("sym-link");
+    assert!(s.file_type().is_symlink());
+    assert_eq!((s.uid(), s.gid()), (7, 8));
+    let target = md("same");
+    assert_eq!(
+        target.mode() & 0o7777,
+        0o4777,
+        "not chmodded through the symlink"
+    );
+    assert_eq!(target.mtime(), 2000, "no times through the symlink");
+}

@@ -7,7 +7,8 @@
 //!   view does not change (containerd's `mkparent` with `WithParents`);
 //! - metadata order: owner, xattrs, mode (chown clears setuid and capabilities), times;
 //!   directory times are set last, once nothing more is created inside them;
-//! - hard links carry no metadata of their own: they share the target's inode.
+//! - a hard link entry's owner, xattrs, mode and times are applied to the inode it shares
+//!   with its target, as containerd does (the target's own entry's are overwritten).
 
 use std::collections::HashSet;
 use std::io::{self, Read, Write};
@@ -151,6 +152,7 @@ impl Unpacker {
             .map_err(io_err(|| {
                 format!("link {} to {}", rel.display(), target.display())
             }))?;
+            self.link_meta(pfd, &base, &meta, &rel)?;
             self.note_unpacked(&rel);
             return Ok(());
         }
@@ -283,6 +285,25 @@ impl Unpacker {
         }
         self.note_unpacked(&rel);
         Ok(())
+    }
+
+    /// A hard link entry's metadata goes to the inode it shares, as containerd's
+    /// `createTarFile` runs chown, setxattr, chmod and chtimes after `link` for every entry.
+    /// Unlike containerd (whose chmod and chtimes follow a symlink), a link to a symlink only
+    /// changes the symlink's own owner and xattrs: following it could leave the root, and
+    /// Linux has no mode for a symlink.
+    fn link_meta(&self, pfd: RawFd, base: &[u8], meta: &Meta, rel: &RelPath) -> Result<()> {
+        let what = || rel.display();
+        resolve::lchown_at(pfd, base, meta.uid, meta.gid)
+            .map_err(io_err(|| format!("chown {}", what())))?;
+        self.xattrs(meta, |k, v| resolve::lsetxattr_at(pfd, base, k, v), rel)?;
+        let st = resolve::lstat_at(pfd, base).map_err(io_err(|| format!("lstat {}", what())))?;
+        if st.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFLNK) {
+            return Ok(());
+        }
+        resolve::chmod_at(pfd, base, meta.mode).map_err(io_err(|| format!("chmod {}", what())))?;
+        resolve::utimes_at(pfd, base, meta.atime(), meta.mtime)
+            .map_err(io_err(|| format!("set times of {}", what())))
     }
 
     fn note_unpacked(&mut self, rel: &RelPath) {
