@@ -12,6 +12,9 @@ pub const NAME: &str = "content";
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Optional in the file: a config holding only `[content]` gets the defaults (flags
+    /// still override them).
+    #[serde(default = "server_defaults")]
     pub server: ServerConfig,
     #[serde(default)]
     pub content: ContentConfig,
@@ -52,10 +55,14 @@ impl Default for ContentConfig {
     }
 }
 
+fn server_defaults() -> ServerConfig {
+    ServerConfig::defaults_for(NAME)
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
-            server: ServerConfig::defaults_for(NAME),
+            server: server_defaults(),
             content: ContentConfig::default(),
         }
     }
@@ -78,6 +85,17 @@ mod tests {
         ));
         assert_eq!(parsed.content.ingest_expiry_secs, 5);
         assert_eq!(parsed.content.backend, BackendKind::Local);
+    }
+
+    #[test]
+    fn server_table_is_optional() {
+        let parsed = toml_from("[content]\nbackend = \"s3\"\n");
+        let defaults = Config::default().server;
+        assert_eq!(
+            (&parsed.server.address, &parsed.server.root),
+            (&defaults.address, &defaults.root)
+        );
+        assert_eq!(parsed.content.backend, BackendKind::S3);
     }
 
     #[test]
