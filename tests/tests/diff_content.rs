@@ -16,6 +16,7 @@ use strata_proto::types::{Descriptor, Mount};
 use strata_testkit::Compression;
 use strata_testkit::layer::{decompress, read_raw};
 use strata_testkit::tree::{apply, dir, file, remove};
+use strata_tests::garage::GarageCluster;
 use strata_tests::logs::{field, last_line_with};
 use strata_tests::stack::DIFFER_MADE_LOG;
 use strata_tests::tmp::TestDir;
@@ -228,4 +229,80 @@ async fn a_layer_written_into_the_store_is_recorded_and_elsewhere_is_sent() {
         assert_eq!(again.digest, desc.digest);
         assert_eq!(ingests(env.content.socket()).await, 0);
     }
+}
+
+/// strata-content's `[content]` config for the s3 backend on `cluster`, as node `node`, under
+/// `prefix`.
+fn s3_config(cluster: &GarageCluster, prefix: &str, node: &str) -> String {
+    format!(
+        "[content]\nbackend = \"s3\"\n[content.s3]\nendpoint = \"{}\"\nregion = \"{}\"\n\
+         bucket = \"{}\"\nprefix = \"{prefix}\"\npath_style = true\nallow_http = true\n\
+         credentials_file = \"{}\"\nnode_id = \"{node}\"\ngc_interval_secs = 0\n",
+        cluster.endpoint(0),
+        cluster.region(),
+        cluster.bucket(),
+        cluster.credentials_file().display()
+    )
+}
+
+/// With strata-content on S3, the store's directory is its cache: a layer the differ writes
+/// there is only recorded through the service, and strata-content uploads it before it
+/// answers, so another node on the bucket reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_written_into_an_s3_stores_cache_reaches_the_bucket() {
+    let cluster = tokio::task::spawn_blocking(GarageCluster::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let dir = TestDir::new("diff-s3").unwrap();
+    let base = dir.path().to_path_buf();
+    let prefix = format!("{}/", strata_tests::unique_name("diff-s3"));
+    let start_node = |node: &str| {
+        let d = base.join(node);
+        std::fs::create_dir_all(&d).unwrap();
+        let config = d.join("content.toml");
+        std::fs::write(&config, s3_config(&cluster, &prefix, node)).unwrap();
+        StrataProcess::start(PluginKind::Content, &d, &["--config".into(), config.into()]).unwrap()
+    };
+    let content = start_node("a");
+    let differ = StrataProcess::start(
+        PluginKind::Differ,
+        &base,
+        &[
+            "--content-address".into(),
+            content.socket().into(),
+            "--content-root".into(),
+            content.root().into(),
+        ],
+    )
+    .unwrap();
+    let env = Env {
+        _dir: dir,
+        content,
+        differ,
+    };
+    let (lower, upper) = trees();
+    let desc = diff(&env, labelled_gzip(lower.path(), upper.path(), "")).await;
+    let log = env.differ.log();
+    let line = last_line_with(&log, DIFFER_MADE_LOG);
+    assert_eq!(field(line, "bytes_sent"), "0", "{line}");
+    assert!(
+        env.content
+            .log()
+            .contains("uploaded a blob placed in the cache directory"),
+        "{}",
+        env.content.log_tail(40)
+    );
+    // Node b never saw it: its Info and Read come from the bucket.
+    let other = start_node("b");
+    let bytes = blob(other.socket(), &desc.digest).await;
+    assert_eq!(strata_testkit::sha256_digest(&bytes), desc.digest);
+    assert_eq!(bytes.len() as i64, desc.size);
+    let tar = decompress(&bytes, Compression::Gzip).unwrap();
+    assert_labelled(env.content.socket(), &desc.digest, &tar).await;
+    drop(other);
+    drop(env);
+    tokio::task::spawn_blocking(move || drop(cluster))
+        .await
+        .unwrap();
 }
