@@ -17,3 +17,12 @@ pub mod time;
 pub mod writeback;
 
 pub use error::{Error, Result};
+
+/// What `--version` prints after a binary's name: the crate version and the git commit it was
+/// built from (`-dirty` when tracked files had uncommitted changes).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("STRATA_GIT_COMMIT"),
+    ")"
+);

@@ -9,7 +9,7 @@ use strata_content::{ContentService, ContentStore, SERVICE_NAME};
 
 /// containerd proxy content store (local disk or object storage).
 #[derive(Parser, Debug)]
-#[command(name = "strata-content", version)]
+#[command(name = "strata-content", version = strata_common::VERSION)]
 struct Args {
     #[command(flatten)]
     server: ServerArgs,

@@ -9,7 +9,7 @@ use strata_differ::{Applier, Comparer, DiffService, Fetcher, SERVICE_NAME, Uploa
 
 /// containerd proxy differ (Apply and Diff of tar layers).
 #[derive(Parser, Debug)]
-#[command(name = "strata-differ", version)]
+#[command(name = "strata-differ", version = strata_common::VERSION)]
 struct Args {
     #[command(flatten)]
     server: ServerArgs,

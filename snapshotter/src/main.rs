@@ -7,7 +7,7 @@ use strata_snapshotter::{SERVICE_NAME, Service, Snapshotter};
 
 /// containerd proxy snapshotter (overlayfs, SQLite metadata).
 #[derive(Parser, Debug)]
-#[command(name = "strata-snapshotter", version)]
+#[command(name = "strata-snapshotter", version = strata_common::VERSION)]
 struct Args {
     #[command(flatten)]
     server: ServerArgs,

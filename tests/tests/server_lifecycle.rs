@@ -157,3 +157,39 @@ fn systemd_socket_activation_and_readiness() {
         "{err}"
     );
 }
+
+#[test]
+fn version_names_the_commit_built_from() {
+    let head = Command::new("git")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "rev-parse",
+            "--short=12",
+            "HEAD",
+        ])
+        .output()
+        .unwrap();
+    assert!(head.status.success(), "the tests run in a git checkout");
+    let head = String::from_utf8(head.stdout).unwrap();
+    for kind in PluginKind::ALL {
+        let out = Command::new(binary(kind).expect("strata binaries built"))
+            .arg("--version")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        let expect = format!(
+            "{} {} (commit {}",
+            kind.binary_name(),
+            env!("CARGO_PKG_VERSION"),
+            head.trim()
+        );
+        // The binaries may be a commit behind when built before a commit and tested after;
+        // the test builds them with the tests, so they name HEAD.
+        assert!(
+            text.starts_with(&expect),
+            "{text:?} should start with {expect:?}"
+        );
+    }
+}
