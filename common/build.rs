@@ -28,7 +28,6 @@ fn main() {
         if let Some(head_ref) = git(&["symbolic-ref", "-q", "HEAD"]) {
             println!("cargo:rerun-if-changed={dir}/{head_ref}");
         }
-        println!("cargo:rerun-if-changed={dir}/index");
     }
     println!("cargo:rerun-if-changed=build.rs");
 }

@@ -19,7 +19,7 @@ pub mod writeback;
 pub use error::{Error, Result};
 
 /// What `--version` prints after a binary's name: the crate version and the git commit it was
-/// built from (`-dirty` when tracked files had uncommitted changes).
+/// built from.
 pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
