@@ -13,6 +13,7 @@ pub mod hash;
 pub mod ingest;
 pub mod metadata;
 pub mod service;
+pub mod sqlite;
 pub mod store;
 pub mod time;
 

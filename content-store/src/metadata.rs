@@ -9,13 +9,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::SystemTime;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::params;
 use strata_common::{Error, Result};
 
 use crate::digest::Digest;
+use crate::sqlite::Db;
 use crate::time::{from_nanos, to_nanos};
 
 /// What the metadata table holds for one blob.
@@ -27,11 +27,7 @@ pub struct BlobMeta {
 }
 
 pub struct Metadata {
-    conn: Mutex<Connection>,
-}
-
-fn db_err(what: &str) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
-    move |e| Error::internal(format!("metadata {what}")).with_source(e)
+    db: Db,
 }
 
 fn decode_labels(text: &str) -> Result<BTreeMap<String, String>> {
@@ -44,125 +40,102 @@ fn encode_labels(labels: &BTreeMap<String, String>) -> Result<String> {
         .map_err(|e| Error::internal("metadata: encode labels").with_source(e))
 }
 
+fn meta_of(c: i64, u: i64, labels: &str) -> Result<BlobMeta> {
+    Ok(BlobMeta {
+        created_at: from_nanos(c),
+        updated_at: from_nanos(u),
+        labels: decode_labels(labels)?,
+    })
+}
+
 impl Metadata {
     pub fn open(path: &Path) -> Result<Metadata> {
-        let conn = Connection::open(path).map_err(db_err("open"))?;
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL;
-             PRAGMA synchronous=FULL;
-             PRAGMA busy_timeout=5000;
-             CREATE TABLE IF NOT EXISTS blobs (
+        let db = Db::open(
+            path,
+            "metadata",
+            "CREATE TABLE IF NOT EXISTS blobs (
                  digest TEXT PRIMARY KEY NOT NULL,
                  created_ns INTEGER NOT NULL,
                  updated_ns INTEGER NOT NULL,
                  labels TEXT NOT NULL
              ) WITHOUT ROWID;",
-        )
-        .map_err(db_err("init"))?;
-        Ok(Metadata {
-            conn: Mutex::new(conn),
-        })
-    }
-
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave SQLite half-written: keep serving.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        )?;
+        Ok(Metadata { db })
     }
 
     pub fn get(&self, digest: &Digest) -> Result<Option<BlobMeta>> {
-        let conn = self.conn();
-        let row = conn
-            .prepare_cached("SELECT created_ns, updated_ns, labels FROM blobs WHERE digest = ?1")
-            .and_then(|mut s| {
-                s.query_row(params![digest.to_string()], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, String>(2)?,
-                    ))
-                })
-                .optional()
-            })
-            .map_err(db_err("get"))?;
-        row.map(|(c, u, l)| {
-            Ok(BlobMeta {
-                created_at: from_nanos(c),
-                updated_at: from_nanos(u),
-                labels: decode_labels(&l)?,
-            })
-        })
-        .transpose()
+        let rows = self.db.rows(
+            "SELECT created_ns, updated_ns, labels FROM blobs WHERE digest = ?1",
+            params![digest.to_string()],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            },
+        )?;
+        rows.into_iter()
+            .next()
+            .map(|(c, u, l)| meta_of(c, u, &l))
+            .transpose()
     }
 
     /// Records `digest` with `meta`, replacing any row a deleted predecessor left behind.
     pub fn put(&self, digest: &Digest, meta: &BlobMeta) -> Result<()> {
         let labels = encode_labels(&meta.labels)?;
-        self.conn()
-            .prepare_cached(
-                "INSERT OR REPLACE INTO blobs (digest, created_ns, updated_ns, labels)
-                 VALUES (?1, ?2, ?3, ?4)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    digest.to_string(),
-                    to_nanos(meta.created_at),
-                    to_nanos(meta.updated_at),
-                    labels
-                ])
-            })
-            .map_err(db_err("put"))?;
+        self.db.execute(
+            "put",
+            "INSERT OR REPLACE INTO blobs (digest, created_ns, updated_ns, labels)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![
+                digest.to_string(),
+                to_nanos(meta.created_at),
+                to_nanos(meta.updated_at),
+                labels
+            ],
+        )?;
         Ok(())
     }
 
     pub fn remove(&self, digest: &Digest) -> Result<()> {
-        self.conn()
-            .prepare_cached("DELETE FROM blobs WHERE digest = ?1")
-            .and_then(|mut s| s.execute(params![digest.to_string()]))
-            .map_err(db_err("remove"))?;
+        self.db.execute(
+            "remove",
+            "DELETE FROM blobs WHERE digest = ?1",
+            params![digest.to_string()],
+        )?;
         Ok(())
     }
 
     /// Every row, keyed by the digest's text.
     pub fn all(&self) -> Result<HashMap<String, BlobMeta>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached("SELECT digest, created_ns, updated_ns, labels FROM blobs")
-            .map_err(db_err("list"))?;
-        let rows = stmt
-            .query_map([], |r| {
+        let rows = self.db.rows(
+            "SELECT digest, created_ns, updated_ns, labels FROM blobs",
+            [],
+            |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, i64>(1)?,
                     r.get::<_, i64>(2)?,
                     r.get::<_, String>(3)?,
                 ))
-            })
-            .map_err(db_err("list"))?;
-        let mut out = HashMap::new();
-        for row in rows {
-            let (d, c, u, l) = row.map_err(db_err("list"))?;
-            out.insert(
-                d,
-                BlobMeta {
-                    created_at: from_nanos(c),
-                    updated_at: from_nanos(u),
-                    labels: decode_labels(&l)?,
-                },
-            );
-        }
-        Ok(out)
+            },
+        )?;
+        rows.into_iter()
+            .map(|(d, c, u, l)| Ok((d, meta_of(c, u, &l)?)))
+            .collect()
     }
 
     /// Drops rows whose digest `keep` rejects; returns how many went.
     pub fn retain(&self, keep: impl Fn(&str) -> bool) -> Result<usize> {
         let stale: Vec<String> = self.all()?.into_keys().filter(|d| !keep(d)).collect();
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db_err("prune"))?;
+        let mut conn = self.db.conn();
+        let tx = conn.transaction().map_err(self.db.err("prune"))?;
         for d in &stale {
             tx.execute("DELETE FROM blobs WHERE digest = ?1", params![d])
-                .map_err(db_err("prune"))?;
+                .map_err(self.db.err("prune"))?;
         }
-        tx.commit().map_err(db_err("prune"))?;
+        tx.commit().map_err(self.db.err("prune"))?;
         Ok(stale.len())
     }
 }

@@ -149,35 +149,45 @@ impl BlobBackend for LocalBackend {
     }
 
     fn list(&self, each: &mut dyn FnMut(BlobStat) -> Result<()>) -> Result<()> {
-        for alg in [Algorithm::Sha256, Algorithm::Sha384, Algorithm::Sha512] {
-            let dir = self.blobs.join(alg.as_str());
-            let entries = match fs::read_dir(&dir) {
-                Ok(e) => e,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io(format!("list {}", dir.display()), e)),
+        blob_files(&self.blobs, &mut |digest, entry| {
+            let meta = match entry.metadata() {
+                Ok(m) if m.is_file() => m,
+                Ok(_) => return Ok(()),
+                // Deleted while listing.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(Error::io(format!("stat content {digest}"), e)),
             };
-            for entry in entries {
-                let entry = entry.map_err(|e| Error::io(format!("list {}", dir.display()), e))?;
-                let name = entry.file_name();
-                // Anything that is not a well-formed digest is not ours to report.
-                let Some(Ok(digest)) = name
-                    .to_str()
-                    .map(|hex| Digest::parse(&format!("{}:{hex}", alg.as_str())))
-                else {
-                    continue;
-                };
-                let meta = match entry.metadata() {
-                    Ok(m) if m.is_file() => m,
-                    Ok(_) => continue,
-                    // Deleted while listing.
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(Error::io(format!("stat content {digest}"), e)),
-                };
-                each(stat_of(digest, &meta))?;
-            }
-        }
-        Ok(())
+            each(stat_of(digest, &meta))
+        })
     }
+}
+
+/// Calls `each` for every entry of `blobs/<alg>/` named by a well-formed digest (anything
+/// else there is not ours to report).
+pub(crate) fn blob_files(
+    blobs: &Path,
+    each: &mut dyn FnMut(Digest, fs::DirEntry) -> Result<()>,
+) -> Result<()> {
+    for alg in [Algorithm::Sha256, Algorithm::Sha384, Algorithm::Sha512] {
+        let dir = blobs.join(alg.as_str());
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(format!("list {}", dir.display()), e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(format!("list {}", dir.display()), e))?;
+            let name = entry.file_name();
+            let Some(Ok(digest)) = name
+                .to_str()
+                .map(|hex| Digest::parse(&format!("{}:{hex}", alg.as_str())))
+            else {
+                continue;
+            };
+            each(digest, entry)?;
+        }
+    }
+    Ok(())
 }
 
 /// fsyncs a directory so entries created or renamed in it survive a crash.

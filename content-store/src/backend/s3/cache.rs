@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use strata_common::{Error, Result, publish};
 use tracing::debug;
 
+use crate::backend::local::blob_files;
 use crate::digest::{Algorithm, Digest};
 
 pub struct Cache {
@@ -183,35 +184,23 @@ impl Cache {
     /// how many went.
     pub fn remove_unheld(&self, held: &dyn Fn(&Digest) -> bool, age: Duration) -> Result<usize> {
         let now = SystemTime::now();
-        let mut removed = 0;
-        for alg in [Algorithm::Sha256, Algorithm::Sha384, Algorithm::Sha512] {
-            let dir = self.blobs.join(alg.as_str());
-            let entries = match fs::read_dir(&dir) {
-                Ok(e) => e,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io(format!("list {}", dir.display()), e)),
-            };
-            for entry in entries.flatten() {
-                let name = entry.file_name();
-                let Some(Ok(d)) = name
-                    .to_str()
-                    .map(|hex| Digest::parse(&format!("{}:{hex}", alg.as_str())))
-                else {
-                    continue;
-                };
-                let old = entry
-                    .metadata()
-                    .ok()
-                    .and_then(|m| m.modified().ok())
-                    .and_then(|m| now.duration_since(m).ok())
-                    .is_some_and(|idle| idle >= age);
-                if !held(&d) && old {
-                    self.remove(&d)?;
-                    removed += 1;
-                }
+        let mut stale = Vec::new();
+        blob_files(&self.blobs, &mut |d, entry| {
+            let old = entry
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|m| now.duration_since(m).ok())
+                .is_some_and(|idle| idle >= age);
+            if old && !held(&d) {
+                stale.push(d);
             }
+            Ok(())
+        })?;
+        for d in &stale {
+            self.remove(d)?;
         }
-        Ok(removed)
+        Ok(stale.len())
     }
 
     /// Bytes of cached blobs.

@@ -4,17 +4,17 @@
 //! row, which the sweeper removes (see [`super::fleet`]).
 
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::SystemTime;
 
-use rusqlite::{Connection, OptionalExtension, params};
-use strata_common::{Error, Result};
+use rusqlite::params;
+use strata_common::Result;
 
 use crate::digest::Digest;
+use crate::sqlite::Db;
 use crate::time::{from_nanos, to_nanos};
 
 pub struct Held {
-    conn: Mutex<Connection>,
+    db: Db,
 }
 
 /// One held blob.
@@ -25,104 +25,72 @@ pub struct HeldBlob {
     pub stored: SystemTime,
 }
 
-fn db_err(what: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
-    move |e| Error::internal(format!("held blobs {what}")).with_source(e)
+/// A row of the table, as stored.
+type Row = (String, i64, i64);
+
+fn blob_of((d, size, ns): Row) -> Option<HeldBlob> {
+    // Rows are only ever written from parsed digests.
+    Some(HeldBlob {
+        digest: Digest::parse(&d).ok()?,
+        size: u64::try_from(size).unwrap_or(0),
+        stored: from_nanos(ns),
+    })
+}
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
 }
 
 impl Held {
     pub fn open(path: &Path) -> Result<Held> {
-        let conn = Connection::open(path).map_err(db_err("open"))?;
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL;
-             PRAGMA synchronous=FULL;
-             PRAGMA busy_timeout=5000;
-             CREATE TABLE IF NOT EXISTS held (
+        let db = Db::open(
+            path,
+            "held blobs",
+            "CREATE TABLE IF NOT EXISTS held (
                  digest TEXT PRIMARY KEY NOT NULL,
                  size INTEGER NOT NULL,
                  stored_ns INTEGER NOT NULL
              ) WITHOUT ROWID;",
-        )
-        .map_err(db_err("init"))?;
-        Ok(Held {
-            conn: Mutex::new(conn),
-        })
-    }
-
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        )?;
+        Ok(Held { db })
     }
 
     pub fn get(&self, d: &Digest) -> Result<Option<HeldBlob>> {
-        let row = self
-            .conn()
-            .prepare_cached("SELECT size, stored_ns FROM held WHERE digest = ?1")
-            .and_then(|mut s| {
-                s.query_row(params![d.to_string()], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-                })
-                .optional()
-            })
-            .map_err(db_err("get"))?;
-        Ok(row.map(|(size, ns)| HeldBlob {
-            digest: d.clone(),
-            size: u64::try_from(size).unwrap_or(0),
-            stored: from_nanos(ns),
-        }))
+        let rows = self.db.rows(
+            "SELECT digest, size, stored_ns FROM held WHERE digest = ?1",
+            params![d.to_string()],
+            row,
+        )?;
+        Ok(rows.into_iter().next().and_then(blob_of))
     }
 
     pub fn insert(&self, b: &HeldBlob) -> Result<()> {
-        self.conn()
-            .prepare_cached(
-                "INSERT OR REPLACE INTO held (digest, size, stored_ns) VALUES (?1, ?2, ?3)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    b.digest.to_string(),
-                    i64::try_from(b.size).unwrap_or(i64::MAX),
-                    to_nanos(b.stored)
-                ])
-            })
-            .map_err(db_err("insert"))?;
+        self.db.execute(
+            "insert",
+            "INSERT OR REPLACE INTO held (digest, size, stored_ns) VALUES (?1, ?2, ?3)",
+            params![
+                b.digest.to_string(),
+                i64::try_from(b.size).unwrap_or(i64::MAX),
+                to_nanos(b.stored)
+            ],
+        )?;
         Ok(())
     }
 
     /// Whether a row was there.
     pub fn remove(&self, d: &Digest) -> Result<bool> {
-        let n = self
-            .conn()
-            .prepare_cached("DELETE FROM held WHERE digest = ?1")
-            .and_then(|mut s| s.execute(params![d.to_string()]))
-            .map_err(db_err("remove"))?;
+        let n = self.db.execute(
+            "remove",
+            "DELETE FROM held WHERE digest = ?1",
+            params![d.to_string()],
+        )?;
         Ok(n > 0)
     }
 
     pub fn all(&self) -> Result<Vec<HeldBlob>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached("SELECT digest, size, stored_ns FROM held")
-            .map_err(db_err("list"))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
-            })
-            .map_err(db_err("list"))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (d, size, ns) = row.map_err(db_err("list"))?;
-            // Rows are only ever written from parsed digests.
-            let Ok(digest) = Digest::parse(&d) else {
-                continue;
-            };
-            out.push(HeldBlob {
-                digest,
-                size: u64::try_from(size).unwrap_or(0),
-                stored: from_nanos(ns),
-            });
-        }
-        Ok(out)
+        let rows = self
+            .db
+            .rows("SELECT digest, size, stored_ns FROM held", [], row)?;
+        Ok(rows.into_iter().filter_map(blob_of).collect())
     }
 }
