@@ -77,6 +77,7 @@ pub fn differ_stack(version: Version, strata: bool) -> Stack {
     };
     let options = StackOptions {
         differ_reads_blob_files: std::env::var("STRATA_BENCH_BLOB_FILES").as_deref() == Ok("1"),
+        plugin_args: Vec::new(),
         ..StackOptions::only(set)
     };
     Stack::start(version, &options).expect("starting the stack")

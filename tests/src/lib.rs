@@ -6,6 +6,7 @@
 //! a missing prerequisite is an error that names it, never a silent skip.
 
 pub mod bench;
+pub mod bucket;
 pub mod config;
 pub mod containerd;
 pub mod ctr;
@@ -18,15 +19,19 @@ pub mod logs;
 pub mod plugins;
 pub mod process;
 pub mod proxy;
+pub mod registry;
 pub mod stack;
 pub mod tmp;
 pub mod version;
+pub mod wait;
 
+pub use bucket::Bucket;
 pub use containerd::{Containerd, ContainerdDir, ContainerdOptions};
 pub use error::{Error, Result};
 pub use garage::GarageCluster;
 pub use ids::unique_name;
 pub use plugins::{PluginKind, PluginSet, Plugins, PluginsOptions, StrataProcess};
 pub use proxy::ProxyPlugins;
+pub use registry::Registry;
 pub use stack::{Stack, StackOptions};
 pub use version::Version;

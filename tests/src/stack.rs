@@ -1,6 +1,6 @@
 //! strata's plugins plus a private containerd wired to them: what an end-to-end test starts.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -9,7 +9,7 @@ use strata_testkit::tree::{Tree, snapshot};
 
 use crate::containerd::{Containerd, ContainerdDir, ContainerdOptions};
 use crate::error::{Error, Result};
-use crate::plugins::{PluginSet, Plugins, PluginsOptions};
+use crate::plugins::{PluginKind, PluginSet, Plugins, PluginsOptions};
 use crate::proxy::ProxyPlugins;
 use crate::version::Version;
 
@@ -29,6 +29,9 @@ pub struct StackOptions {
     /// layer blobs from disk instead of through the content service. Only with containerd's
     /// built-in content store.
     pub differ_reads_blob_files: bool,
+    /// More arguments per plugin, after the standard ones (e.g. strata-content's
+    /// `--config FILE`).
+    pub plugin_args: Vec<(PluginKind, Vec<OsString>)>,
 }
 
 impl StackOptions {
@@ -41,6 +44,7 @@ impl StackOptions {
             disabled_plugins: Vec::new(),
             extra_toml: String::new(),
             differ_reads_blob_files: false,
+            plugin_args: Vec::new(),
         }
     }
 
@@ -52,6 +56,7 @@ impl StackOptions {
             disabled_plugins: Vec::new(),
             extra_toml: String::new(),
             differ_reads_blob_files: false,
+            plugin_args: Vec::new(),
         }
     }
 
@@ -63,7 +68,19 @@ impl StackOptions {
             disabled_plugins: Vec::new(),
             extra_toml: String::new(),
             differ_reads_blob_files: false,
+            plugin_args: Vec::new(),
         }
+    }
+
+    /// These options with `args` added to `kind`'s command line.
+    pub fn with_plugin_args(
+        mut self,
+        kind: PluginKind,
+        args: impl IntoIterator<Item = impl Into<OsString>>,
+    ) -> Self {
+        self.plugin_args
+            .push((kind, args.into_iter().map(Into::into).collect()));
+        self
     }
 }
 
@@ -88,13 +105,16 @@ impl Stack {
         let mut plugin_options = PluginsOptions::new(options.start).content_address(dir.socket());
         if options.differ_reads_blob_files && !options.wire.content {
             plugin_options.extra_args.push((
-                crate::plugins::PluginKind::Differ,
+                PluginKind::Differ,
                 vec![
                     "--content-root".into(),
                     dir.root().join("io.containerd.content.v1.content").into(),
                 ],
             ));
         }
+        plugin_options
+            .extra_args
+            .extend(options.plugin_args.iter().cloned());
         let plugins = Plugins::start(&plugin_options)?;
         let proxy = plugins.proxy(options.wire);
         let mut ctd_options = ContainerdOptions::new(version);
@@ -132,11 +152,22 @@ impl Stack {
         Ok((lease, cx))
     }
 
+    /// Runs containerd's garbage collection now and waits for it: deleting a lease with
+    /// `--sync` does that.
+    pub fn collect_garbage(&self) -> Result<()> {
+        let id = crate::ids::unique_name("gc");
+        self.containerd
+            .try_ctr_ok(&["leases", "create", "--id", &id])?;
+        self.containerd
+            .try_ctr_ok(&["leases", "delete", "--sync", &id])
+            .map(drop)
+    }
+
     /// How many layers strata-differ logged as applied so far (0 when it does not run): the
     /// proof that an unpack went through strata rather than falling through to walking.
     pub fn differ_applied(&self) -> usize {
         self.plugins
-            .get(crate::plugins::PluginKind::Differ)
+            .get(PluginKind::Differ)
             .map(|p| {
                 p.log()
                     .lines()

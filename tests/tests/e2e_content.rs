@@ -13,13 +13,15 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use strata_testkit::Compression;
 use strata_testkit::image::Image;
 use strata_testkit::layer::read_raw;
 use strata_tests::process::wait_timeout;
 use strata_tests::proxy::{BUILTIN_CONTENT_PLUGIN, CONTENT_NAME, CONTENT_PLUGIN_TYPE};
+use strata_tests::registry::Registry;
+use strata_tests::wait::until;
 use strata_tests::{PluginKind, PluginSet, Stack, StackOptions, Version, unique_name};
 
 #[test]
@@ -67,14 +69,6 @@ fn archive_blobs(archive: &[u8]) -> BTreeMap<String, Vec<u8>> {
             (!hex.is_empty()).then(|| (format!("sha256:{hex}"), e.data))
         })
         .collect()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// `ctr content ingest` fed from `data` on stdin; returns (success, stderr).
@@ -160,6 +154,7 @@ fn content_stack(version: Version) -> (Stack, PathBuf) {
         // away, later ones at least 50 s apart), and collect explicitly.
         extra_toml: GC_ONLY_ON_DEMAND.to_string(),
         differ_reads_blob_files: false,
+        plugin_args: Vec::new(),
     };
     let stack = Stack::start(version, &options).expect("starting strata-content and containerd");
     let content_root = stack
@@ -268,36 +263,30 @@ fn content_store(version: Version) {
     // rm drops containerd's record; GC then deletes the blob through strata.
     ctd.ctr_ok(&["content", "rm", &digest]);
     assert!(!ctd.ctr_ok(&["content", "ls"]).contains(&digest));
-    collect_garbage(&stack);
-    wait_until(
+    stack.collect_garbage().unwrap();
+    until(
         "GC to delete the removed blob",
         Duration::from_secs(30),
         || !blob_path(&content_root, &digest).exists(),
-    );
+    )
+    .unwrap();
     // Removing the images makes their blobs garbage too.
     ctd.ctr_ok(&["images", "rm", "--sync", &busybox.name, &mixed.name]);
-    collect_garbage(&stack);
+    stack.collect_garbage().unwrap();
     let layer = busybox.layers()[0].digest.clone();
-    wait_until(
+    until(
         "GC to delete the image's blobs",
         Duration::from_secs(30),
         || {
             !blob_path(&content_root, &layer).exists()
                 && !blob_path(&content_root, &busybox.manifest_digest()).exists()
         },
-    );
+    )
+    .unwrap();
     stack
         .plugins
         .check_health()
         .expect("strata-content healthy at the end");
-}
-
-/// Runs containerd's GC synchronously: a lease deleted with `--sync` does it.
-fn collect_garbage(stack: &Stack) {
-    let ctd = &stack.containerd;
-    let id = unique_name("gc");
-    ctd.ctr_ok(&["leases", "create", "--id", &id]);
-    ctd.ctr_ok(&["leases", "delete", "--sync", &id]);
 }
 
 #[test]
@@ -310,61 +299,12 @@ fn registry_push_pull_containerd_2() {
     registry_push_pull(Version::V2);
 }
 
-/// Debian's `docker-registry` on a free 127.0.0.1 port with its storage in `dir`; killed when
-/// dropped.
-struct Registry {
-    child: std::process::Child,
-    address: String,
-}
-
-impl Registry {
-    fn start(dir: &Path) -> Registry {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let address = format!("127.0.0.1:{port}");
-        let config = dir.join("registry.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    \
-                 enabled: true\nhttp:\n  addr: {address}\n",
-                dir.join("registry-data").display()
-            ),
-        )
-        .unwrap();
-        let log = File::create(dir.join("registry.log")).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("docker-registry (apt-get install docker-registry)");
-        let r = Registry { child, address };
-        wait_until("the registry to listen", Duration::from_secs(30), || {
-            std::net::TcpStream::connect(&r.address).is_ok()
-        });
-        r
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Push reads every blob back out of strata; pull (after GC emptied strata) writes them in
 /// again, and the pulled image runs.
 fn registry_push_pull(version: Version) {
     let (stack, content_root) = content_stack(version);
     let ctd = &stack.containerd;
-    let registry = Registry::start(ctd.dir().path());
+    let registry = Registry::start(ctd.dir().path()).unwrap();
     let image = strata_testkit::fixtures::busybox(Compression::Gzip).unwrap();
     let archive = ctd.dir().path().join("busybox.tar");
     image.write_archive(&archive).unwrap();
@@ -375,18 +315,19 @@ fn registry_push_pull(version: Version) {
     ]);
     let remote = format!(
         "{}/strata/busybox:{}",
-        registry.address,
+        registry.address(),
         version.key().replace('.', "")
     );
     ctd.ctr_ok(&["images", "tag", &image.name, &remote]);
     ctd.ctr_ok(&["images", "push", "--plain-http", &remote]);
 
     ctd.ctr_ok(&["images", "rm", "--sync", &image.name, &remote]);
-    collect_garbage(&stack);
+    stack.collect_garbage().unwrap();
     let blobs = archive_blobs(&std::fs::read(&archive).unwrap());
-    wait_until("GC to empty strata", Duration::from_secs(30), || {
+    until("GC to empty strata", Duration::from_secs(30), || {
         blobs.keys().all(|d| !blob_path(&content_root, d).exists())
-    });
+    })
+    .unwrap();
 
     ctd.ctr_ok(&["images", "pull", "--plain-http", &remote]);
     for (digest, data) in &blobs {

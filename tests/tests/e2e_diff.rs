@@ -202,6 +202,7 @@ fn walking_only(version: Version) -> Stack {
             disabled_plugins: Vec::new(),
             extra_toml: String::new(),
             differ_reads_blob_files: false,
+            plugin_args: Vec::new(),
         },
     )
     .expect("starting a walking-only containerd")
@@ -212,6 +213,7 @@ fn walking_only(version: Version) -> Stack {
 fn diff_round_trips(version: Version, in_store: bool) {
     let options = StackOptions {
         differ_reads_blob_files: in_store,
+        plugin_args: Vec::new(),
         ..StackOptions::smoke()
     };
     let stack = Stack::start(version, &options).expect("starting the stack");

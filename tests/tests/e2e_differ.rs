@@ -99,6 +99,7 @@ fn chain_imports_unpack_through_strata(
             disabled_plugins: Vec::new(),
             extra_toml: String::new(),
             differ_reads_blob_files: false,
+            plugin_args: Vec::new(),
         },
     )
     .expect("starting a walking-only containerd");

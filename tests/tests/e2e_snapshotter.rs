@@ -30,6 +30,7 @@ fn start(version: Version) -> Stack {
             disabled_plugins: Vec::new(),
             extra_toml: String::new(),
             differ_reads_blob_files: false,
+            plugin_args: Vec::new(),
         },
     )
     .expect("starting strata-snapshotter and containerd")
@@ -388,6 +389,7 @@ fn exports_are_shown(version: Version) {
             disabled_plugins: Vec::new(),
             extra_toml: format!("[proxy_plugins.strata.exports]\n  root = \"{root}\"\n"),
             differ_reads_blob_files: false,
+            plugin_args: Vec::new(),
         },
     )
     .expect("starting strata-snapshotter and containerd");

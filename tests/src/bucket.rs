@@ -1,0 +1,82 @@
+//! Looking into an S3 bucket from a test (what strata-content's `s3` backend left there),
+//! through object_store, the client strata-content itself uses.
+
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjectPath;
+use object_store::{ClientOptions, ObjectStore};
+
+use crate::error::{Error, Result};
+use crate::garage::GarageCluster;
+
+/// One bucket of an S3-compatible store, path-style.
+#[derive(Debug)]
+pub struct Bucket {
+    store: AmazonS3,
+    describe: String,
+}
+
+impl Bucket {
+    pub fn new(
+        endpoint: &str,
+        region: &str,
+        bucket: &str,
+        access_key_id: &str,
+        secret_access_key: &str,
+    ) -> Result<Bucket> {
+        let describe = format!("{endpoint} bucket {bucket}");
+        let store = AmazonS3Builder::new()
+            .with_endpoint(endpoint)
+            .with_region(region)
+            .with_bucket_name(bucket)
+            .with_access_key_id(access_key_id)
+            .with_secret_access_key(secret_access_key)
+            .with_allow_http(true)
+            .with_virtual_hosted_style_request(false)
+            .with_client_options(
+                ClientOptions::new()
+                    .with_allow_http(true)
+                    .with_timeout(Duration::from_secs(30))
+                    .with_connect_timeout(Duration::from_secs(5)),
+            )
+            .build()
+            .map_err(|e| Error::new(format!("object store {describe}: {e}")))?;
+        Ok(Bucket { store, describe })
+    }
+
+    /// The cluster's bucket through node `node`'s S3 endpoint, with the cluster's key.
+    pub fn garage(cluster: &GarageCluster, node: usize) -> Result<Bucket> {
+        Bucket::new(
+            &cluster.endpoint(node),
+            cluster.region(),
+            cluster.bucket(),
+            cluster.access_key_id(),
+            cluster.secret_access_key(),
+        )
+    }
+
+    /// Every key below `prefix` (`a/b/` or `a/b`: the keys under `a/b/`), sorted.
+    pub async fn list_keys(&self, prefix: &str) -> Result<Vec<String>> {
+        let prefix = ObjectPath::from(prefix);
+        let mut keys: Vec<String> = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|meta| meta.location.to_string())
+            .try_collect()
+            .await
+            .map_err(|e| Error::new(format!("listing {prefix} in {}: {e}", self.describe)))?;
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// [`list_keys`](Self::list_keys) from synchronous code (not from inside a tokio runtime).
+    pub fn keys(&self, prefix: &str) -> Result<Vec<String>> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("starting a tokio runtime", e))?;
+        rt.block_on(self.list_keys(prefix))
+    }
+}
