@@ -19,6 +19,8 @@ pub struct GzDecoder<R> {
     state: Box<isal::inflate_state>,
     /// The stream ended cleanly after a whole member.
     done: bool,
+    /// ISA-L reported an error: its state is not to be used again.
+    failed: bool,
 }
 
 impl<R: BufRead> GzDecoder<R> {
@@ -34,6 +36,7 @@ impl<R: BufRead> GzDecoder<R> {
             inner,
             state,
             done: false,
+            failed: false,
         }
     }
 
@@ -65,6 +68,12 @@ fn corrupt(code: i32) -> io::Error {
 
 impl<R: BufRead> Read for GzDecoder<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.failed {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "gzip decompression failed earlier",
+            ));
+        }
         if out.is_empty() || self.done {
             return Ok(0);
         }
@@ -93,14 +102,31 @@ impl<R: BufRead> Read for GzDecoder<R> {
             // (the pointer is *mut in its API but never written through) and writes only
             // to next_out. Neither pointer is used after the call returns.
             let rc = unsafe { isal::isal_inflate(&mut *self.state) };
-            let consumed = avail_in - self.state.avail_in as usize;
-            let produced = avail_out - self.state.avail_out as usize;
             self.state.next_in = std::ptr::null_mut();
             self.state.next_out = std::ptr::null_mut();
-            self.inner.consume(consumed);
+            // After an error ISA-L's counters are not to be trusted (on a corrupt deflate
+            // stream it was seen to leave more input than it was given: avail_in wrapped to
+            // u32::MAX), and neither is the rest of its state: the stream is dead.
             if rc != isal::ISAL_DECOMP_OK as i32 {
+                self.failed = true;
                 return Err(corrupt(rc));
             }
+            let left_in = self.state.avail_in as usize;
+            let left_out = self.state.avail_out as usize;
+            let (Some(consumed), Some(produced)) = (
+                avail_in.checked_sub(left_in),
+                avail_out.checked_sub(left_out),
+            ) else {
+                self.failed = true;
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "gzip decompression left {left_in} of {avail_in} input bytes and \
+                         {left_out} of {avail_out} output bytes"
+                    ),
+                ));
+            };
+            self.inner.consume(consumed);
             if produced > 0 {
                 return Ok(produced);
             }
@@ -234,5 +260,42 @@ mod tests {
         assert!(decode(&flipped, 4096, 4096).is_err());
 
         assert!(decode(b"not gzip at all", 4096, 4096).is_err());
+    }
+
+    /// A gzip member whose deflate data is corrupt in the middle, found by fuzz/'s apply_tar:
+    /// handed over whole, ISA-L failed with ISAL_INVALID_LOOKBACK and avail_in wrapped to
+    /// u32::MAX, which the input count then underflowed on.
+    const FUZZ_CORRUPT_MEMBER: &[u8] = &[
+        0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xec, 0xd4, 0x41, 0x0a, 0x02,
+        0x31, 0x0c, 0x85, 0xe1, 0x1c, 0xa5, 0x37, 0x98, 0xd8, 0x69, 0x9a, 0xf3, 0x54, 0x11, 0x5c,
+        0x0c, 0x08, 0x6a, 0xef, 0x2f, 0x76, 0x39, 0x0b, 0xc1, 0x45, 0x3b, 0x48, 0xff, 0x6f, 0x93,
+        0xd2, 0x4d, 0x03, 0x8f, 0xbe, 0xb2, 0x48, 0x77, 0xaa, 0xaa, 0x6e, 0xd6, 0xa6, 0xaa, 0xee,
+        0x67, 0x3b, 0x9f, 0x92, 0xc5, 0xe4, 0xae, 0xa9, 0xdd, 0xe7, 0x18, 0x5d, 0x30, 0x30, 0x30,
+        0x30, 0x36, 0x34, 0x34, 0x00, 0x82, 0xf5, 0x5f, 0x4d, 0xa4, 0x3e, 0x5f, 0xe5,
+    ];
+
+    #[test]
+    fn corrupt_deflate_data_is_an_error_not_a_panic() {
+        for (chunk, out) in [(1, 1), (1, 4096), (7, 3), (4096, 1), (4096, 4096)] {
+            let e = decode(FUZZ_CORRUPT_MEMBER, chunk, out).unwrap_err();
+            assert!(
+                matches!(
+                    e.kind(),
+                    io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+                ),
+                "chunk {chunk}, out {out}: {e}"
+            );
+        }
+        // And a read after the failure fails again without touching ISA-L's state.
+        let mut d = GzDecoder::new(BufReader::with_capacity(4096, FUZZ_CORRUPT_MEMBER));
+        let mut buf = [0u8; 1];
+        loop {
+            match d.read(&mut buf) {
+                Ok(0) => panic!("the corrupt member decoded"),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        assert!(d.read(&mut buf).is_err());
     }
 }

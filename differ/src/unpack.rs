@@ -620,8 +620,9 @@ fn parse_time(v: &[u8]) -> Option<(i64, u32)> {
         nanos += d * 10u32.pow(8 - i as u32);
     }
     if negative && nanos > 0 {
-        // -1.5 is 1.5 s before the epoch: (-2 s, +0.5 s).
-        return Some((secs - 1, 1_000_000_000 - nanos));
+        // -1.5 is 1.5 s before the epoch: (-2 s, +0.5 s). A time before i64::MIN seconds is
+        // no time at all: the record is ignored like any other it cannot parse.
+        return Some((secs.checked_sub(1)?, 1_000_000_000 - nanos));
     }
     Some((secs, nanos))
 }
@@ -694,5 +695,22 @@ mod tests {
         assert_eq!(parse_time(b"1.123456789123"), Some((1, 123_456_789)));
         assert_eq!(parse_time(b"-1.5"), Some((-2, 500_000_000)));
         assert_eq!(parse_time(b"x"), None);
+    }
+
+    /// A PAX time a second before i64::MIN seconds overflowed: a panic with overflow checks
+    /// (fuzz/'s apply_tar, seed `pax-time-limits`), a wrapped time without.
+    #[test]
+    fn pax_times_at_the_limits() {
+        assert_eq!(parse_time(b"-9223372036854775808"), Some((i64::MIN, 0)));
+        assert_eq!(parse_time(b"-9223372036854775808.5"), None);
+        assert_eq!(
+            parse_time(b"-9223372036854775807.5"),
+            Some((i64::MIN, 500_000_000))
+        );
+        assert_eq!(
+            parse_time(b"9223372036854775807.999999999"),
+            Some((i64::MAX, 999_999_999))
+        );
+        assert_eq!(parse_time(b"9223372036854775808"), None);
     }
 }
