@@ -16,3 +16,5 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+# Fuzzing: every target of fuzz/ for 30 s from its committed corpus; any crash fails the run.
+scripts/fuzz.sh 30
