@@ -15,21 +15,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::ffi::OsStr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use strata_common::client::unix_channel;
 use strata_common::namespace::RequestContext;
-use strata_proto::content::content_client::ContentClient;
-use strata_proto::content::{
-    DeleteContentRequest, ReadContentRequest, WriteAction, WriteContentRequest,
-};
+use strata_proto::content::DeleteContentRequest;
 use strata_testkit::Compression;
-use strata_tests::bench::{env_or, median, version_from_env};
+use strata_tests::bench::{
+    MIB, content_client, env_or, ingest, ingest_messages, mbps, median, payload, quiet_debug_logs,
+    read_all, version_from_env,
+};
 use strata_tests::{PluginSet, Stack, StackOptions, Version};
-use tonic::codegen::tokio_stream::{self, StreamExt};
-use tonic::transport::Channel;
 
-const MIB: usize = 1 << 20;
 const ROUNDS: usize = 3;
 
 struct Figures {
@@ -37,110 +33,6 @@ struct Figures {
     read_1m: Vec<f64>,
     read_32k: Vec<f64>,
     import: Vec<f64>,
-}
-
-fn mbps(bytes: usize, d: Duration) -> f64 {
-    bytes as f64 / 1e6 / d.as_secs_f64()
-}
-
-fn payload(n: usize) -> Vec<u8> {
-    // Incompressible and not all-equal, so no layer can shortcut it.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(n);
-    out
-}
-
-/// The messages of an ingest of `data` (digest `digest`) under `r`: built before the clock
-/// starts, so that the figure is the store's and not this client's copying.
-fn ingest_messages(r: &str, data: &[u8], digest: &str) -> Vec<WriteContentRequest> {
-    let digest = digest.to_string();
-    let total = data.len() as i64;
-    let mut msgs = vec![WriteContentRequest {
-        action: WriteAction::Stat as i32,
-        r#ref: r.to_string(),
-        total,
-        expected: digest.clone(),
-        ..Default::default()
-    }];
-    let chunks: Vec<&[u8]> = data.chunks(MIB).collect();
-    for (i, chunk) in chunks.iter().enumerate() {
-        let last = i + 1 == chunks.len();
-        msgs.push(WriteContentRequest {
-            action: if last {
-                WriteAction::Commit
-            } else {
-                WriteAction::Write
-            } as i32,
-            offset: (i * MIB) as i64,
-            data: chunk.to_vec(),
-            total: if last { total } else { 0 },
-            expected: if last { digest.clone() } else { String::new() },
-            ..Default::default()
-        });
-    }
-    msgs
-}
-
-async fn ingest(
-    c: &mut ContentClient<Channel>,
-    cx: &RequestContext,
-    digest: &str,
-    msgs: Vec<WriteContentRequest>,
-) {
-    // containerd answers each request before reading the next, so a bounded channel keeps
-    // the client one message ahead, as a streaming writer would be.
-    let (tx, rx) = tokio::sync::mpsc::channel(2);
-    let sender = tokio::spawn(async move {
-        for m in msgs {
-            if tx.send(m).await.is_err() {
-                break;
-            }
-        }
-    });
-    let req = cx
-        .request(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .unwrap();
-    let mut resp = c.write(req).await.unwrap().into_inner();
-    let mut last = None;
-    while let Some(m) = resp.next().await {
-        let m = m.unwrap();
-        if m.action == WriteAction::Commit as i32 {
-            last = Some(m);
-            break;
-        }
-    }
-    sender.await.unwrap();
-    let last = last.expect("commit answered");
-    assert_eq!(last.digest, digest);
-}
-
-async fn read_all(
-    c: &mut ContentClient<Channel>,
-    cx: &RequestContext,
-    d: &str,
-    off: i64,
-    size: i64,
-) -> usize {
-    let req = cx
-        .request(ReadContentRequest {
-            digest: d.to_string(),
-            offset: off,
-            size,
-        })
-        .unwrap();
-    let mut s = c.read(req).await.unwrap().into_inner();
-    let mut n = 0;
-    while let Some(m) = s.message().await.unwrap() {
-        n += m.data.len();
-    }
-    n
 }
 
 struct Target {
@@ -189,9 +81,7 @@ impl Target {
         let digest = strata_testkit::sha256_digest(data);
         let small_read = (128 * MIB).min(data.len());
         rt.block_on(async {
-            let mut c = ContentClient::new(unix_channel(ctd.socket()))
-                .max_decoding_message_size(64 * MIB)
-                .max_encoding_message_size(64 * MIB);
+            let mut c = content_client(ctd.socket());
             let msgs = ingest_messages(&format!("bench-{round}"), data, &digest);
             let t = Instant::now();
             ingest(&mut c, cx, &digest, msgs).await;
@@ -236,17 +126,8 @@ impl Target {
 fn content_store_throughput() {
     let version = version_from_env();
     let mib: usize = env_or("STRATA_BENCH_MIB", 1024);
-    // The harness starts strata at `--log-level debug`, which as a tracing filter also turns
-    // on h2's dump of every HTTP/2 frame it sends and receives (a log line per 16 KiB of
-    // payload, written to a file), which no deployment (`info`) pays and containerd's own
-    // debug level has no equivalent of. Keep strata's own debug events, drop the frame dumps, unless
-    // the caller chose RUST_LOG.
-    if std::env::var_os("RUST_LOG").is_none() {
-        // SAFETY: set before this test starts any thread or process, and this binary has no
-        // other test that could read the environment meanwhile.
-        unsafe { std::env::set_var("RUST_LOG", "debug,h2=info,hyper=info") };
-    }
-    let data = payload(mib * MIB);
+    quiet_debug_logs();
+    let data = payload(mib * MIB, 0);
     let dir = tempfile::tempdir().unwrap();
     let image = strata_testkit::fixtures::bigfiles_scaled(Compression::Zstd, 0.25).unwrap();
     let archive = dir.path().join("image.tar");
