@@ -37,7 +37,7 @@ fn write(target: &str, name: &str, data: &[u8]) -> Result {
 /// zero blocks stay); compressed blobs as they are.
 fn trim(blob: &[u8]) -> &[u8] {
     const BLOCK: usize = 512;
-    if blob.len() % BLOCK != 0 {
+    if !blob.len().is_multiple_of(BLOCK) {
         return blob;
     }
     let used = blob
@@ -271,11 +271,17 @@ fn fieldpath() -> Result {
     Ok(())
 }
 
+/// Requests of one input: tag and encoded payload.
+type Requests = Vec<(u8, Vec<u8>)>;
+
 fn ops(list: &[(u8, Vec<u8>)]) -> Vec<u8> {
     list.iter().flat_map(|(tag, p)| op(*tag, p)).collect()
 }
 
+/// At most one label, so that the encoding is the same every time (prost writes a map in the
+/// order a `HashMap` iterates).
 fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    assert!(pairs.len() <= 1, "seeds carry at most one label a message");
     pairs
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -340,7 +346,7 @@ fn content_requests() -> Result {
             labels: HashMap::new(),
         }
     };
-    let seeds: Vec<(&str, Vec<(u8, Vec<u8>)>)> = vec![
+    let seeds: Vec<(&str, Requests)> = vec![
         (
             "info",
             vec![(cop::INFO, info(&fixture)), (cop::INFO, info("sha256:zz"))],
@@ -350,7 +356,7 @@ fn content_requests() -> Result {
             vec![
                 (
                     cop::UPDATE,
-                    update(&[("a", "c"), ("n", "1")], &["labels.a"]),
+                    update(&[("a", "c")], &["labels.a", "labels.n"]),
                 ),
                 (cop::UPDATE, update(&[("x", "y")], &["labels"])),
                 (cop::UPDATE, update(&[], &["size"])),
@@ -464,7 +470,7 @@ fn content_requests() -> Result {
 }
 
 fn snapshot_requests() -> Result {
-    let l = || labels(&[("a", "b"), ("containerd.io/gc.ref.snapshot.x", "y")]);
+    let l = || labels(&[("containerd.io/gc.ref.snapshot.x", "y")]);
     let prepare = |key: &str, parent: &str| {
         pb::PrepareSnapshotRequest {
             snapshotter: "strata".into(),
@@ -545,7 +551,7 @@ fn snapshot_requests() -> Result {
         snapshotter: "strata".into(),
     }
     .encode_to_vec();
-    let seeds: Vec<(&str, Vec<(u8, Vec<u8>)>)> = vec![
+    let seeds: Vec<(&str, Requests)> = vec![
         (
             "lifecycle",
             vec![

@@ -68,18 +68,19 @@ for t in "${targets[@]}"; do
     "$work/$t/new" "fuzz/corpus/$t" >"$work/$t/log" 2>&1 || status=$?
   grep -E '^(#[0-9]+[[:space:]]+DONE|stat::number_of_executed_units|stat::average_exec_per_sec|stat::peak_rss_mb)' \
     "$work/$t/log" | sed "s/^/  /" || true
-  if ((status != 0)) || compgen -G "$work/$t/artifacts/*" >/dev/null; then
+  if ((status != 0)); then
     failed+=("$t")
     tail -n 60 "$work/$t/log"
-    mkdir -p "fuzz/artifacts/$t"
-    for a in "$work/$t/artifacts"/*; do
-      [[ -e $a ]] || continue
-      cp "$a" "fuzz/artifacts/$t/"
-      echo "fuzz: $t: input kept as fuzz/artifacts/$t/$(basename "$a"), base64:"
-      base64 -w 0 "$a"
-      echo
-    done
   fi
+  # Crashes, and inputs slower than libFuzzer's -report_slow_units (kept, not failures).
+  for a in "$work/$t/artifacts"/*; do
+    [[ -e $a ]] || continue
+    mkdir -p "fuzz/artifacts/$t"
+    cp "$a" "fuzz/artifacts/$t/"
+    echo "fuzz: $t: input kept as fuzz/artifacts/$t/$(basename "$a"), base64:"
+    base64 -w 0 "$a"
+    echo
+  done
 done
 echo "fuzz: ${#targets[@]} targets in $((SECONDS - start))s"
 echo "fuzz: $((${#targets[@]} - ${#failed[@]})) passed, ${#failed[@]} failed"

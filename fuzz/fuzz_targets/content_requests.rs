@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use strata_common::filter::Filter;
@@ -122,7 +122,7 @@ fn write_stream(mut payload: &[u8]) -> tonic::Streaming<WriteContentRequest> {
     let mut codec = tonic_prost::ProstCodec::<WriteContentResponse, WriteContentRequest>::new();
     tonic::Streaming::new_request(
         codec.decoder(),
-        http_body_util::Full::new(Bytes::from(body.freeze())),
+        http_body_util::Full::new(body.freeze()),
         None,
         None,
     )
