@@ -134,6 +134,25 @@ impl Node {
     }
 }
 
+/// A sync, then waits (at most 15 s) until the Garage servers `garage` are idle (under 5% of
+/// a core over half a second): Garage goes on working for a while after a large upload, and
+/// that should not land on the next step's clock.
+fn settle(garage: &[u32]) {
+    sync();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(15) {
+        let cpu = CpuSampler::start(garage);
+        std::thread::sleep(Duration::from_millis(500));
+        if cpu.stop().values().sum::<f64>() < 0.025 {
+            if start.elapsed() > Duration::from_secs(1) {
+                println!("(garage busy for {:.1} s)", start.elapsed().as_secs_f64());
+            }
+            return;
+        }
+    }
+    println!("(garage still busy after 15 s)");
+}
+
 /// Where strata-content (root `root`) caches blob `digest`.
 fn cache_file(root: &Path, digest: &str) -> PathBuf {
     root.join("blobs/sha256")
@@ -294,7 +313,7 @@ fn direct(fleet: &Fleet, rt: &tokio::runtime::Runtime, bytes: usize, rounds: usi
         for s3 in [false, true] {
             let node = if s3 { &mut a } else { &mut local };
             let msgs = ingest_messages(&format!("bench-{round}"), &data, &digest);
-            sync();
+            settle(&garage);
             reset_peak_rss(node.pid());
             let mut watched = vec![node.pid()];
             watched.extend(&garage);
@@ -320,7 +339,7 @@ fn direct(fleet: &Fleet, rt: &tokio::runtime::Runtime, bytes: usize, rounds: usi
             ingested.push(mbps(bytes, took));
             rss_list.push(rss);
 
-            sync();
+            settle(&garage);
             let cpu = CpuSampler::start(&watched);
             let t = Instant::now();
             let n = rt.block_on(read_all(&mut node.client, &cx, &digest, 0, 0));
@@ -341,7 +360,7 @@ fn direct(fleet: &Fleet, rt: &tokio::runtime::Runtime, bytes: usize, rounds: usi
             .push(mbps(bytes, took));
         }
 
-        sync();
+        settle(&garage);
         reset_peak_rss(b.pid());
         let mut watched = vec![b.pid()];
         watched.extend(&garage);
@@ -443,9 +462,9 @@ fn content_process(stack: &Stack) -> &StrataProcess {
     stack.plugins.get(PluginKind::Content).unwrap()
 }
 
-/// `ctr images import ARCHIVE` after a sync; its wall time in seconds.
-fn timed_import(stack: &Stack, archive: &Path) -> f64 {
-    sync();
+/// `ctr images import ARCHIVE` once Garage (`garage`) is idle; its wall time in seconds.
+fn timed_import(stack: &Stack, archive: &Path, garage: &[u32]) -> f64 {
+    settle(garage);
     let t = Instant::now();
     stack.containerd.ctr_ok(&[
         OsStr::new("images"),
@@ -478,13 +497,13 @@ fn imports(fleet: &Fleet, version: Version, rounds: usize) {
     let mut f = ImportFigures::default();
     for round in 0..rounds {
         let local = import_stack(version, Vec::new());
-        f.local.push(timed_import(&local, &archive));
+        f.local.push(timed_import(&local, &archive, &garage));
         drop(local);
 
         let prefix = format!("{}/", unique_name("bench-import"));
         let a = import_stack(version, fleet.config_args(0, &prefix, "a"));
         let cpu = CpuSampler::start(&[&[content_process(&a).pid()], &garage[..]].concat());
-        f.cold.push(timed_import(&a, &archive));
+        f.cold.push(timed_import(&a, &archive, &garage));
         let labels: Vec<(u32, &str)> = std::iter::once((content_process(&a).pid(), "A"))
             .chain(garage.iter().map(|&p| (p, "garage")))
             .collect();
@@ -518,7 +537,7 @@ fn imports(fleet: &Fleet, version: Version, rounds: usize) {
         f.cold_rss.push(peak_rss(content_process(&a).pid()) as f64);
 
         let b = import_stack(version, fleet.config_args(1, &prefix, "b"));
-        f.shared.push(timed_import(&b, &archive));
+        f.shared.push(timed_import(&b, &archive, &garage));
         // containerd's importer writes every blob of the archive without naming its digest,
         // so its content store cannot answer from the bucket before the bytes come (as it
         // does for a pull): B ingests each blob and, at the commit, finds it in the bucket
@@ -534,7 +553,6 @@ fn imports(fleet: &Fleet, version: Version, rounds: usize) {
             f.shared[round]
         );
         drop(b);
-
         drop(a);
         println!(
             "round {round} imports (s): local {:.2}, s3 cold {:.2}, s3 shared {:.2}",
