@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
+use strata_common::error::ErrorKind;
 use strata_common::filter::Filter;
 use strata_common::{Error, Result};
 use strata_proto::content::content_server::{Content, ContentServer};
@@ -233,6 +234,10 @@ struct WriteSession {
     writer: Option<ContentWriter>,
     total: u64,
     expected: Option<Digest>,
+    /// The digest in this stream's latest WRITE answer that carried one: containerd's proxy
+    /// writer keeps exactly that as its `Digest()`, and its metadata store reads it after a
+    /// commit answered AlreadyExists to learn which blob the bytes were.
+    announced: Option<Digest>,
 }
 
 impl WriteSession {
@@ -254,6 +259,7 @@ impl WriteSession {
             writer: Some(writer),
             total,
             expected,
+            announced: None,
         })
     }
 
@@ -282,14 +288,25 @@ impl WriteSession {
         if !req.expected.is_empty() {
             let expected = Digest::parse(&req.expected)?;
             if self.store.info(&expected).is_ok() {
+                // A commit of exactly these bytes must still tell the writer their digest
+                // (see `announced`); anything else is refused at once, as containerd does.
+                let answer = if action == WriteAction::Commit
+                    && self.announced.as_ref() != Some(&expected)
+                    && writer.digest()? == expected
+                {
+                    msg.digest = expected.to_string();
+                    Ok(msg)
+                } else {
+                    Err(Error::already_exists(format!(
+                        "blob with expected digest {expected} exists"
+                    )))
+                };
                 // Release the ref before removing its ingest, as containerd does.
                 self.writer = None;
                 if let Err(e) = self.store.abort(&self.r#ref) {
                     debug!(r#ref = %self.r#ref, error = %e, "abort after existing blob");
                 }
-                return Err(Error::already_exists(format!(
-                    "blob with expected digest {expected} exists"
-                )));
+                return answer;
             }
             self.expected = Some(expected);
         }
@@ -335,17 +352,30 @@ impl WriteSession {
                     let Some(writer) = self.writer.take() else {
                         return Err(Error::internal("writer vanished"));
                     };
-                    let digest = writer.commit(
-                        self.total,
-                        self.expected.as_ref(),
-                        labels_from(req.labels),
-                    )?;
-                    msg.digest = digest.to_string();
+                    // Committing waits for the hash anyway.
+                    let exact = writer.digest()?;
+                    match writer.commit(self.total, self.expected.as_ref(), labels_from(req.labels))
+                    {
+                        Ok(digest) => msg.digest = digest.to_string(),
+                        // containerd's local writer answers AlreadyExists knowing its writer
+                        // reports the exact digest; when our last WRITE answer could not carry
+                        // it (hashing lagged), an error would leave containerd naming a blob
+                        // that does not exist, so the commit answers with the digest instead:
+                        // the outcome (blob stored, ingest gone) is the same.
+                        Err(e)
+                            if e.is(ErrorKind::AlreadyExists)
+                                && self.announced.as_ref() != Some(&exact) =>
+                        {
+                            msg.digest = exact.to_string();
+                        }
+                        Err(e) => return Err(e),
+                    }
                 } else if let Some(d) = writer.digest_if_ready() {
                     // The API makes a WRITE's digest optional ("if present"), and containerd's
                     // proxy writer skips an empty one; waiting for the hashing thread here
                     // would put sha256 back on the critical path.
                     msg.digest = d.to_string();
+                    self.announced = Some(d);
                 }
             }
         }

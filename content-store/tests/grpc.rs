@@ -36,6 +36,7 @@ cases!(
     abort_removes_the_ingest,
     blobs_are_stored_in_containerds_layout_read_only,
     large_writes_hash_in_background_yet_digests_given_and_commit_are_exact,
+    commit_of_an_existing_blob_leaves_the_writer_knowing_its_digest,
 );
 
 async fn info(c: &mut Client, d: &str) -> Result<Info, tonic::Status> {
@@ -656,4 +657,38 @@ async fn large_writes_hash_in_background_yet_digests_given_and_commit_are_exact(
     assert_eq!(st.digest, sha256(&data), "resume re-hashes the file");
     let r = w.commit(3 << 20, 3 << 20, &sha256(&data)).await.unwrap();
     assert_eq!(r.digest, sha256(&data));
+}
+
+/// containerd's proxy writer keeps the digest of the latest answer that carried one (WRITE or
+/// a successful COMMIT), and its metadata store takes that as the blob's digest when a commit
+/// answers AlreadyExists (importing an image into a second namespace): it must be exact even
+/// when the last WRITE answered before its hash was done.
+async fn commit_of_an_existing_blob_leaves_the_writer_knowing_its_digest(backend: Backend) {
+    let (_tmp, _server, mut c) = setup(backend).await;
+    let data = bytes(12 << 20, 5);
+    let d = ingest(&mut c, "first", &data, 4 << 20).await.unwrap();
+    for (i, expected) in ["", d.as_str()].iter().cycle().take(6).enumerate() {
+        let r = format!("again-{i}");
+        let (mut w, _) = Writer::open(&mut c, stat_req(&r, 0, "")).await.unwrap();
+        let mut known = String::new();
+        let mut off = 0;
+        for piece in data.chunks(4 << 20) {
+            let resp = w.write(off, piece).await.unwrap();
+            off = resp.offset;
+            if !resp.digest.is_empty() {
+                known = resp.digest;
+            }
+        }
+        match w.commit(off, off, expected).await {
+            Ok(resp) => {
+                assert_eq!(resp.digest, d);
+                known = resp.digest;
+            }
+            Err(e) => assert_eq!(e.code(), Code::AlreadyExists, "{e:?}"),
+        }
+        assert_eq!(known, d, "round {i}, expected {expected:?}");
+        let e = c.status(StatusRequest { r#ref: r }).await.unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "the ingest is gone");
+    }
+    assert_eq!(read(&mut c, &d, 0, 0).await.unwrap(), data);
 }

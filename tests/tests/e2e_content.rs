@@ -208,6 +208,30 @@ fn content_store(version: Version) {
     import(&stack, &smallfiles, &content_root);
     let bigfiles = strata_testkit::fixtures::bigfiles_scaled(Compression::Gzip, 0.01).unwrap();
     import(&stack, &bigfiles, &content_root);
+    // The same images into other namespaces: every blob is already stored, so each commit
+    // finds it there and containerd must still learn which digest its bytes were.
+    let archive = ctd
+        .dir()
+        .path()
+        .join(format!("{}.tar", unique_name("again")));
+    bigfiles.write_archive(&archive).unwrap();
+    for ns in ["strata-again-1", "strata-again-2", "strata-again-3"] {
+        let out = ctd.ctr(&[
+            OsStr::new("-n"),
+            OsStr::new(ns),
+            OsStr::new("images"),
+            OsStr::new("import"),
+            archive.as_os_str(),
+        ]);
+        assert!(
+            out.status.success(),
+            "import into {ns}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            stack.log_tails()
+        );
+        let images = ctd.ctr_ok(&["-n", ns, "images", "ls", "-q"]);
+        assert!(images.lines().any(|l| l == bigfiles.name), "{ns}: {images}");
+    }
     let id = unique_name(&format!("content{}", version.key().replace('.', "")));
     let token = format!("strata-content-{id}");
     let out = ctd.ctr_ok(&["run", "--rm", &busybox.name, &id, "/bin/echo", &token]);
