@@ -2,16 +2,22 @@
 //! `--print-config`, logging, state directory, runtime, serve until SIGTERM.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use tonic::transport::server::Router;
+use prometheus_client::registry::Registry;
 use tracing::{error, info};
 
 use crate::cli::{self, PluginConfig, ServerArgs};
+use crate::metrics::{MetricsListener, registry_for};
+use crate::rpc::{RpcLayer, RpcMetrics};
+use crate::serve::Router;
 
 /// Runs a server: reads its config (`defaults`, the file, then the flags in `args`, then
 /// `overrides` for the plugin's own flags); `build` turns the effective config into the
-/// plugin's gRPC services (added to a router that already serves `grpc.health.v1`);
-/// `services` are their full names, reported SERVING by the health service.
+/// plugin's gRPC services (added to a router that already serves `grpc.health.v1`) and
+/// registers the plugin's own metrics in the registry it is given (named `strata_<plugin>_`,
+/// served at `metrics_address` when that is set); `services` are their full names, reported
+/// SERVING by the health service.
 pub fn run<C, O, B>(
     name: &str,
     args: &ServerArgs,
@@ -23,7 +29,7 @@ pub fn run<C, O, B>(
 where
     C: PluginConfig,
     O: FnOnce(&mut C),
-    B: FnOnce(&C) -> Result<Box<dyn FnOnce(Router) -> Router>, String>,
+    B: FnOnce(&C, &mut Registry) -> Result<Box<dyn FnOnce(Router) -> Router>, String>,
 {
     let mut config = match cli::load(args, defaults) {
         Ok(c) => c,
@@ -56,14 +62,30 @@ where
         Err(e) => return fail(name, &format!("start runtime: {e}")),
     };
     let result = runtime.block_on(async {
-        let add = build(&config)?;
+        let mut registry = registry_for(name);
+        let rpc_metrics = RpcMetrics::register(&mut registry);
+        let add = build(&config, &mut registry)?;
+        let server = config.server();
         info!(
-            version = env!("CARGO_PKG_VERSION"),
-            address = %config.server().address.display(),
-            root = %config.server().root.display(),
+            version = crate::VERSION,
+            address = %server.address.display(),
+            root = %server.root.display(),
             "{name} starting"
         );
-        crate::serve::serve(config.server(), services, add)
+        // Metrics cost a few atomic increments per call; without an endpoint nobody reads
+        // them, so the calls are not counted at all.
+        let rpc = match &server.metrics_address {
+            Some(address) => {
+                let mode = server.socket_mode_bits().map_err(|e| e.to_string())?;
+                let listener = MetricsListener::bind(address, mode, server.socket_gid)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::spawn(listener.serve(Arc::new(registry)));
+                RpcLayer::with_metrics(rpc_metrics)
+            }
+            None => RpcLayer::new(),
+        };
+        crate::serve::serve(server, services, add, rpc)
             .await
             .map_err(|e| e.to_string())
     });

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+use crate::metrics::MetricsAddress;
 use crate::telemetry::LogFormat;
 
 /// Flags every strata server takes.
@@ -31,6 +32,9 @@ pub struct ServerArgs {
     /// Permission bits of the socket, in octal (e.g. 0660).
     #[arg(long, value_name = "MODE")]
     pub socket_mode: Option<String>,
+    /// Serve Prometheus metrics on this TCP host:port or unix socket path.
+    #[arg(long, value_name = "ADDRESS")]
+    pub metrics_address: Option<MetricsAddress>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -56,6 +60,10 @@ pub struct ServerConfig {
     /// choice ([`PluginConfig::default_worker_threads`]); 0: one per CPU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_threads: Option<usize>,
+    /// Where to serve Prometheus metrics (`GET /metrics`): a TCP `host:port` or a unix
+    /// socket path (made with `socket_mode` and `socket_gid`). Unset: no metrics endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_address: Option<MetricsAddress>,
 }
 
 impl ServerConfig {
@@ -70,6 +78,7 @@ impl ServerConfig {
             log_format: LogFormat::Text,
             shutdown_timeout_secs: 10,
             worker_threads: None,
+            metrics_address: None,
         }
     }
 
@@ -170,6 +179,9 @@ pub fn load<C: PluginConfig>(args: &ServerArgs, defaults: C) -> Result<C, Config
     }
     if let Some(m) = &args.socket_mode {
         server.socket_mode = m.clone();
+    }
+    if let Some(a) = &args.metrics_address {
+        server.metrics_address = Some(a.clone());
     }
     server.socket_mode_bits()?;
     if server.worker_threads.is_none() {
@@ -286,6 +298,63 @@ mod tests {
             load(&args, defaults()).unwrap().server.worker_threads,
             Some(0)
         );
+    }
+
+    #[test]
+    fn metrics_address_is_off_by_default_and_read_from_file_or_flag() {
+        let c = load(&ServerArgs::default(), defaults()).unwrap();
+        assert_eq!(c.server.metrics_address, None);
+        assert!(!render(&c).unwrap().contains("metrics_address"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let text = render(&defaults()).unwrap();
+        let args = ServerArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        for (value, want) in [
+            (
+                "127.0.0.1:9431",
+                MetricsAddress::Tcp("127.0.0.1:9431".into()),
+            ),
+            (
+                "/run/strata/content-metrics.sock",
+                MetricsAddress::Unix("/run/strata/content-metrics.sock".into()),
+            ),
+        ] {
+            std::fs::write(
+                &path,
+                text.replace(
+                    "[server]\n",
+                    &format!("[server]\nmetrics_address = {value:?}\n"),
+                ),
+            )
+            .unwrap();
+            let c = load(&args, defaults()).unwrap();
+            assert_eq!(c.server.metrics_address.as_ref(), Some(&want));
+            // --print-config shows it as written, and reads back the same.
+            let again: TestConfig = toml::from_str(&render(&c).unwrap()).unwrap();
+            assert_eq!(again.server.metrics_address, Some(want));
+        }
+
+        let flagged = ServerArgs {
+            metrics_address: Some("[::1]:9000".parse().unwrap()),
+            ..args.clone()
+        };
+        assert_eq!(
+            load(&flagged, defaults()).unwrap().server.metrics_address,
+            Some(MetricsAddress::Tcp("[::1]:9000".into()))
+        );
+
+        std::fs::write(
+            &path,
+            text.replace("[server]\n", "[server]\nmetrics_address = \"9431\"\n"),
+        )
+        .unwrap();
+        let err = load(&args, defaults()).unwrap_err().to_string();
+        assert!(err.contains("invalid metrics address"), "{err}");
+        assert!(err.contains(&path.display().to_string()), "{err}");
     }
 
     #[test]

@@ -14,11 +14,15 @@ use nix::fcntl::{Flock, FlockArg};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
-use tonic::transport::server::Router;
 use tonic_health::ServingStatus;
+use tower::layer::util::{Identity, Stack};
 use tracing::{info, warn};
 
 use crate::cli::ServerConfig;
+use crate::rpc::RpcLayer;
+
+/// The router a plugin adds its services to: every call goes through [`RpcLayer`].
+pub type Router = tonic::transport::server::Router<Stack<RpcLayer, Identity>>;
 
 /// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
 const SD_LISTEN_FDS_START: RawFd = 3;
@@ -174,6 +178,11 @@ impl Listener {
     pub fn local_fd(&self) -> RawFd {
         self.listener.as_raw_fd()
     }
+
+    /// The next connection (the metrics endpoint serves its own connections).
+    pub(crate) async fn accept_unix(&self) -> io::Result<tokio::net::UnixStream> {
+        self.listener.accept().await.map(|(s, _)| s)
+    }
 }
 
 /// Binds a listening socket at `path` whose file only its owner can connect to until its
@@ -257,12 +266,13 @@ pub async fn termination_signal() {
 }
 
 /// Serves `services` (names for the health service, e.g. `containerd.services.diff.v1.Diff`)
-/// added by `add` on `listener` until `shutdown` resolves; then stops accepting, lets in-flight
-/// calls finish for at most `drain`, and returns.
+/// added by `add` on `listener`, each call through `rpc`, until `shutdown` resolves; then stops
+/// accepting, lets in-flight calls finish for at most `drain`, and returns.
 pub async fn serve_until<F>(
     listener: Listener,
     services: &[&str],
     add: impl FnOnce(Router) -> Router,
+    rpc: RpcLayer,
     shutdown: F,
     drain: Duration,
 ) -> Result<(), ServeError>
@@ -275,7 +285,7 @@ where
             .set_service_status(*name, ServingStatus::Serving)
             .await;
     }
-    let router = add(Server::builder().add_service(health));
+    let router = add(Server::builder().layer(rpc).add_service(health));
     let Listener { listener, owned } = listener;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
@@ -335,7 +345,8 @@ impl Drop for Running {
     }
 }
 
-/// [`serve_until`] on a new task of the current runtime, stopped through the returned handle.
+/// [`serve_until`] on a new task of the current runtime (spans per call, no metrics), stopped
+/// through the returned handle.
 pub fn spawn(
     listener: Listener,
     services: &'static [&'static str],
@@ -347,6 +358,7 @@ pub fn spawn(
         listener,
         services,
         add,
+        RpcLayer::new(),
         async {
             let _ = rx.await;
         },
@@ -363,12 +375,14 @@ pub async fn serve(
     cfg: &ServerConfig,
     services: &[&str],
     add: impl FnOnce(Router) -> Router,
+    rpc: RpcLayer,
 ) -> Result<(), ServeError> {
     let listener = Listener::open(cfg)?;
     serve_until(
         listener,
         services,
         add,
+        rpc,
         termination_signal(),
         Duration::from_secs(cfg.shutdown_timeout_secs),
     )

@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         Config::default(),
         |_| {},
         &[SERVICE_NAME],
-        |cfg: &Config| {
+        |cfg: &Config, _metrics| {
             let root = &cfg.server.root;
             let backend: Box<dyn BlobBackend> = match cfg.content.backend {
                 BackendKind::Local => Box::new(LocalBackend::open(root).map_err(|e| e.chain())?),

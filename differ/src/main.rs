@@ -52,7 +52,7 @@ fn main() -> ExitCode {
             }
         },
         &[SERVICE_NAME],
-        |config| {
+        |config, _metrics| {
             // Lazy: the differ starts before containerd's socket exists.
             let channel = unix_channel(&config.differ.content_address);
             let fetcher = Fetcher::new(channel.clone(), config.differ.fallback_namespace.clone())

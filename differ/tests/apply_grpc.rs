@@ -157,9 +157,7 @@ impl Content for FakeContent {
 
 fn serve(
     listener: Listener,
-    add: impl FnOnce(tonic::transport::server::Router) -> tonic::transport::server::Router
-    + Send
-    + 'static,
+    add: impl FnOnce(strata_common::serve::Router) -> strata_common::serve::Router + Send + 'static,
 ) -> Running {
     spawn(listener, &[SERVICE_NAME], add, Duration::from_secs(2))
 }

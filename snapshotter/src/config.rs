@@ -10,6 +10,8 @@
 //! async_remove = true       # Remove drops metadata only; Cleanup (containerd's GC) frees disk
 //! mount_options = []        # appended to every overlay mount, as containerd's `mount_options`
 //! durability = "full"       # or "process": no sync per call, see [`Durability`]
+//! remap_ids = false         # true: id-mapping labels become uidmap=/gidmap= mount options;
+//!                           # declare capabilities = ["remap-ids"] in containerd with it
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -22,15 +24,21 @@ pub const NAME: &str = "snapshotter";
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Optional: a file may hold only `[snapshotter]`, the flags naming socket and root.
+    #[serde(default = "server_defaults")]
     pub server: ServerConfig,
     #[serde(default)]
     pub snapshotter: SnapshotterConfig,
 }
 
+fn server_defaults() -> ServerConfig {
+    ServerConfig::defaults_for(NAME)
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
-            server: ServerConfig::defaults_for(NAME),
+            server: server_defaults(),
             snapshotter: SnapshotterConfig::default(),
         }
     }
@@ -82,6 +90,14 @@ pub struct SnapshotterConfig {
     /// Extra options for overlay mounts (not bind mounts), after the detected ones.
     pub mount_options: Vec<String>,
     pub durability: Durability,
+    /// Hand out id-mapped snapshots (`containerd.io/snapshot/uidmapping` and `gidmapping`
+    /// labels) as `uidmap=`/`gidmap=` mount options, from which containerd 2.x's mount code
+    /// id-maps the lower layers. Must agree with `capabilities = ["remap-ids"]` in containerd's
+    /// `[proxy_plugins]` entry, which containerd cannot learn from a proxy: without that
+    /// capability containerd's client copies and chowns the layers itself and still sends the
+    /// labels, which would then shift the ids twice. Needs overlayfs mode and a kernel with
+    /// id-mapped mounts (5.19+); the server refuses to start otherwise.
+    pub remap_ids: bool,
 }
 
 impl Default for SnapshotterConfig {
@@ -91,6 +107,7 @@ impl Default for SnapshotterConfig {
             async_remove: true,
             mount_options: Vec::new(),
             durability: Durability::Full,
+            remap_ids: false,
         }
     }
 }
@@ -120,19 +137,30 @@ mod tests {
         assert!(c.snapshotter.async_remove);
         assert_eq!(c.snapshotter.mode, Mode::Overlayfs);
         assert_eq!(c.snapshotter.durability, Durability::Full);
+        assert!(!c.snapshotter.remap_ids);
     }
 
     #[test]
     fn mode_and_options_parse_and_unknown_keys_fail() {
         let c = parse(&format!(
-            "{SERVER}[snapshotter]\nmode = \"native\"\nasync_remove = false\nmount_options = [\"volatile\"]\ndurability = \"process\"\n"
+            "{SERVER}[snapshotter]\nmode = \"native\"\nasync_remove = false\nmount_options = [\"volatile\"]\ndurability = \"process\"\nremap_ids = true\n"
         ))
         .unwrap();
         assert_eq!(c.snapshotter.mode, Mode::Native);
         assert!(!c.snapshotter.async_remove);
         assert_eq!(c.snapshotter.mount_options, ["volatile"]);
         assert_eq!(c.snapshotter.durability, Durability::Process);
+        assert!(c.snapshotter.remap_ids);
         let err = parse(&format!("{SERVER}[snapshotter]\nmod = \"native\"\n")).unwrap_err();
         assert!(err.contains("mod"), "{err}");
+    }
+
+    #[test]
+    fn the_server_table_is_optional() {
+        let c = parse("[snapshotter]\nremap_ids = true\n").unwrap();
+        assert!(c.snapshotter.remap_ids);
+        let mut want = Config::default().server;
+        want.worker_threads = c.server.worker_threads;
+        assert_eq!(c.server, want);
     }
 }

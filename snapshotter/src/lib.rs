@@ -3,10 +3,11 @@
 //!
 //! - [`snapshotter::Snapshotter`]: the core (plain Rust types, blocking);
 //! - [`service::Service`]: the gRPC adaptor containerd's proxy plugin talks to;
-//! - [`metadata`], [`layout`], [`mounts`], [`usage`], [`probe`], [`copy`]: its parts.
+//! - [`metadata`], [`layout`], [`mounts`], [`usage`], [`probe`], [`copy`], [`idmap`]: its parts.
 
 pub mod config;
 pub mod copy;
+pub mod idmap;
 pub mod layout;
 pub mod metadata;
 pub mod mounts;

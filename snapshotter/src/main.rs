@@ -21,7 +21,7 @@ fn main() -> ExitCode {
         Config::default(),
         |_| {},
         &[SERVICE_NAME],
-        |cfg| {
+        |cfg, _metrics| {
             let snapshotter = Snapshotter::open(&cfg.server.root, cfg.snapshotter.clone())
                 .map_err(|e| e.chain())?;
             let server = Service::new(snapshotter).into_server();

@@ -21,6 +21,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use strata_common::fieldpath::{UpdateTarget, apply_label_update, validate_labels};
 use strata_common::{Error, Result};
 
+use crate::idmap::{self, RemapLabels};
+
 /// containerd's snapshot kinds, with its numbering (`snapshots.Kind` and the proto enum).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -70,12 +72,14 @@ pub struct Usage {
     pub inodes: i64,
 }
 
-/// What mounts need: the id and the ids of the parent chain, nearest first.
+/// What mounts need: the id, the ids of the parent chain (nearest first) and the id-mapping
+/// labels.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
     pub id: u64,
     pub kind: Kind,
     pub parent_ids: Vec<u64>,
+    pub remap: RemapLabels,
 }
 
 const SCHEMA_VERSION: i64 = 1;
@@ -320,22 +324,46 @@ pub fn get_info(conn: &Connection, key: &str) -> Result<(Info, u64, Option<Usage
     build_info(raw)
 }
 
-/// The mountable snapshot `key` (active or view), with its parent chain.
+/// The mountable snapshot `key` (active or view), with its parent chain and its id-mapping
+/// labels (read now, so an Update of them shows in the next Mounts, as in containerd).
 pub fn get_snapshot(conn: &Connection, key: &str) -> Result<Snapshot> {
-    let row = row(conn, key)?.ok_or_else(|| not_exist(key))?;
-    if row.kind == Kind::Committed {
+    let mut stmt = conn
+        .prepare_cached("SELECT id, kind, parent_id, labels FROM snapshots WHERE name = ?1")
+        .map_err(db("prepare lookup"))?;
+    let (id, kind, parent_id, labels) = stmt
+        .query_row([key], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })
+        .optional()
+        .map_err(db(format!("look up snapshot {key:?}")))?
+        .ok_or_else(|| not_exist(key))?;
+    let kind = Kind::from_i64(kind)?;
+    if kind == Kind::Committed {
         return Err(Error::failed_precondition(format!(
             "requested snapshot {key:?} not active or view"
         )));
     }
-    let parent_ids = match row.parent_id {
-        Some(p) => chain(conn, p)?,
+    let parent_ids = match parent_id {
+        Some(p) => chain(conn, to_id(p))?,
         None => Vec::new(),
     };
+    // Most snapshots have no mapping: skip decoding their labels.
+    let remap =
+        if labels.contains(idmap::LABEL_UID_MAPPING) || labels.contains(idmap::LABEL_GID_MAPPING) {
+            RemapLabels::from_labels(&decode_labels(&labels)?)
+        } else {
+            RemapLabels::default()
+        };
     Ok(Snapshot {
-        id: row.id,
-        kind: row.kind,
+        id: to_id(id),
+        kind,
         parent_ids,
+        remap,
     })
 }
 
@@ -373,7 +401,7 @@ pub fn create(
         return Err(Error::already_exists(format!("snapshot {key:?}")));
     }
     let t = to_nanos(now);
-    let labels = labels
+    let labels: BTreeMap<String, String> = labels
         .iter()
         .filter(|(_, v)| !v.is_empty())
         .map(|(k, v)| (k.clone(), v.clone()))
@@ -401,6 +429,7 @@ pub fn create(
         id,
         kind,
         parent_ids,
+        remap: RemapLabels::from_labels(&labels),
     })
 }
 
@@ -564,10 +593,11 @@ pub fn ids(conn: &Connection) -> Result<HashSet<u64>> {
     Ok(ids)
 }
 
-/// What a snapshot's directory holds: its id, its kind and its parent's id.
-pub fn dir_shapes(conn: &Connection) -> Result<Vec<(u64, Kind, Option<u64>)>> {
+/// What a snapshot's directory holds: its id, its kind, its parent's id and its id-mapping
+/// labels (which decide who owns its root).
+pub fn dir_shapes(conn: &Connection) -> Result<Vec<DirShape>> {
     let mut stmt = conn
-        .prepare_cached("SELECT id, kind, parent_id FROM snapshots")
+        .prepare_cached("SELECT id, kind, parent_id, labels FROM snapshots")
         .map_err(db("prepare shapes"))?;
     let raws = stmt
         .query_map([], |r| {
@@ -575,14 +605,31 @@ pub fn dir_shapes(conn: &Connection) -> Result<Vec<(u64, Kind, Option<u64>)>> {
                 r.get::<_, i64>(0)?,
                 r.get::<_, i64>(1)?,
                 r.get::<_, Option<i64>>(2)?,
+                r.get::<_, String>(3)?,
             ))
         })
         .map_err(db("list shapes"))?
         .collect::<rusqlite::Result<Vec<_>>>()
         .map_err(db("list shapes"))?;
     raws.into_iter()
-        .map(|(id, kind, parent)| Ok((to_id(id), Kind::from_i64(kind)?, parent.map(to_id))))
+        .map(|(id, kind, parent, labels)| {
+            Ok(DirShape {
+                id: to_id(id),
+                kind: Kind::from_i64(kind)?,
+                parent: parent.map(to_id),
+                remap: RemapLabels::from_labels(&decode_labels(&labels)?),
+            })
+        })
         .collect()
+}
+
+/// One row of [`dir_shapes`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirShape {
+    pub id: u64,
+    pub kind: Kind,
+    pub parent: Option<u64>,
+    pub remap: RemapLabels,
 }
 
 /// Active snapshots (id, kind) and committed ones whose usage is not measured yet.

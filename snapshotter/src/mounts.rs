@@ -5,6 +5,8 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+#[cfg(test)]
+use crate::idmap::RemapLabels;
 use crate::layout::Layout;
 use crate::metadata::{Kind, Snapshot};
 
@@ -23,11 +25,17 @@ fn path_str(p: PathBuf) -> String {
 }
 
 fn bind(source: PathBuf, readonly: bool) -> Vec<Mount> {
+    bind_with(source, readonly, Vec::new())
+}
+
+fn bind_with(source: PathBuf, readonly: bool, mut options: Vec<String>) -> Vec<Mount> {
+    options.push(if readonly { "ro" } else { "rw" }.into());
+    options.push("rbind".into());
     vec![Mount {
         kind: "bind".into(),
         source: path_str(source),
         target: String::new(),
-        options: vec![if readonly { "ro" } else { "rw" }.into(), "rbind".into()],
+        options,
     }]
 }
 
@@ -36,16 +44,28 @@ fn bind(source: PathBuf, readonly: bool) -> Vec<Mount> {
 /// else is an overlay with `lowerdir=` nearest parent first, and `workdir=`/`upperdir=` when
 /// active. `options` (detected `index=off`/`userxattr` plus configured ones) go on overlay
 /// mounts only, as in containerd.
-pub fn overlay_mounts(layout: &Layout, s: &Snapshot, options: &[String]) -> Vec<Mount> {
-    if s.parent_ids.is_empty() {
-        return bind(layout.fs(s.id), s.kind == Kind::View);
+///
+/// With `remap_ids` (the kernel has id-mapped mounts), a snapshot's id-mapping labels come
+/// first on every shape as `uidmap=`/`gidmap=`, as in containerd: its mount code then makes
+/// id-mapped mounts of the lower dirs (or of the bind mount) instead of passing them on.
+pub fn overlay_mounts(
+    layout: &Layout,
+    s: &Snapshot,
+    options: &[String],
+    remap_ids: bool,
+) -> Vec<Mount> {
+    let mut opts = Vec::with_capacity(options.len() + 5);
+    if remap_ids {
+        opts.extend(s.remap.options());
     }
-    let mut opts = Vec::with_capacity(options.len() + 3);
+    if s.parent_ids.is_empty() {
+        return bind_with(layout.fs(s.id), s.kind == Kind::View, opts);
+    }
     if s.kind == Kind::Active {
         opts.push(format!("workdir={}", layout.work(s.id).display()));
         opts.push(format!("upperdir={}", layout.fs(s.id).display()));
     } else if let [only] = s.parent_ids.as_slice() {
-        return bind(layout.fs(*only), true);
+        return bind_with(layout.fs(*only), true, opts);
     }
     let lower: Vec<String> = s
         .parent_ids
@@ -124,6 +144,66 @@ mod tests {
             id,
             kind,
             parent_ids: parents.to_vec(),
+            remap: RemapLabels::default(),
+        }
+    }
+
+    fn mapped(id: u64, kind: Kind, parents: &[u64]) -> Snapshot {
+        Snapshot {
+            remap: RemapLabels {
+                uidmap: Some("0:100000:65536".into()),
+                gidmap: Some("0:200000:65536,65536:300000:1".into()),
+            },
+            ..snap(id, kind, parents)
+        }
+    }
+
+    #[test]
+    fn mapping_labels_lead_every_shape_when_ids_can_be_remapped() {
+        let l = Layout::new("/r");
+        let opts = vec!["index=off".to_string()];
+        let maps = [
+            "uidmap=0:100000:65536",
+            "gidmap=0:200000:65536,65536:300000:1",
+        ];
+        let m = overlay_mounts(&l, &mapped(1, Kind::Active, &[]), &opts, true);
+        assert_eq!(m[0].kind, "bind");
+        assert_eq!(m[0].options, [maps[0], maps[1], "rw", "rbind"]);
+        let m = overlay_mounts(&l, &mapped(3, Kind::View, &[2]), &opts, true);
+        assert_eq!(m[0].source, "/r/snapshots/2/fs");
+        assert_eq!(m[0].options, [maps[0], maps[1], "ro", "rbind"]);
+        let m = overlay_mounts(&l, &mapped(3, Kind::Active, &[2, 1]), &opts, true);
+        assert_eq!(
+            m[0].options,
+            [
+                maps[0],
+                maps[1],
+                "workdir=/r/snapshots/3/work",
+                "upperdir=/r/snapshots/3/fs",
+                "lowerdir=/r/snapshots/2/fs:/r/snapshots/1/fs",
+                "index=off",
+            ]
+        );
+        let m = overlay_mounts(&l, &mapped(4, Kind::View, &[2, 1]), &[], true);
+        assert_eq!(
+            m[0].options,
+            [
+                maps[0],
+                maps[1],
+                "lowerdir=/r/snapshots/2/fs:/r/snapshots/1/fs"
+            ]
+        );
+        // Without kernel support the labels change nothing (containerd's overlayfs without
+        // `remapIDs`): the client has shifted the layers itself (its slow_chown path).
+        for (kind, parents) in [
+            (Kind::Active, &[][..]),
+            (Kind::View, &[2][..]),
+            (Kind::Active, &[2, 1][..]),
+        ] {
+            assert_eq!(
+                overlay_mounts(&l, &mapped(5, kind, parents), &opts, false),
+                overlay_mounts(&l, &snap(5, kind, parents), &opts, true),
+            );
         }
     }
 
@@ -131,16 +211,16 @@ mod tests {
     fn shapes_match_containerds_overlay_snapshotter() {
         let l = Layout::new("/r");
         let opts = vec!["index=off".to_string(), "volatile".to_string()];
-        let m = overlay_mounts(&l, &snap(1, Kind::Active, &[]), &opts);
+        let m = overlay_mounts(&l, &snap(1, Kind::Active, &[]), &opts, true);
         assert_eq!(m, bind(PathBuf::from("/r/snapshots/1/fs"), false));
         assert_eq!(m[0].options, ["rw", "rbind"]);
-        let m = overlay_mounts(&l, &snap(1, Kind::View, &[]), &opts);
+        let m = overlay_mounts(&l, &snap(1, Kind::View, &[]), &opts, true);
         assert_eq!(m[0].options, ["ro", "rbind"]);
-        let m = overlay_mounts(&l, &snap(3, Kind::View, &[2]), &opts);
+        let m = overlay_mounts(&l, &snap(3, Kind::View, &[2]), &opts, true);
         assert_eq!(m[0].kind, "bind");
         assert_eq!(m[0].source, "/r/snapshots/2/fs");
         assert_eq!(m[0].options, ["ro", "rbind"]);
-        let m = overlay_mounts(&l, &snap(3, Kind::Active, &[2, 1]), &opts);
+        let m = overlay_mounts(&l, &snap(3, Kind::Active, &[2, 1]), &opts, true);
         assert_eq!(m[0].kind, "overlay");
         assert_eq!(m[0].source, "overlay");
         assert_eq!(
@@ -153,7 +233,7 @@ mod tests {
                 "volatile"
             ]
         );
-        let m = overlay_mounts(&l, &snap(4, Kind::View, &[2, 1]), &[]);
+        let m = overlay_mounts(&l, &snap(4, Kind::View, &[2, 1]), &[], true);
         assert_eq!(
             m[0].options,
             ["lowerdir=/r/snapshots/2/fs:/r/snapshots/1/fs"]

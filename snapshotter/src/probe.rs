@@ -18,6 +18,9 @@ pub struct Features {
     /// Overlay must keep its xattrs in the `user.` namespace (`userxattr`): true only inside a
     /// user namespace.
     pub userxattr: bool,
+    /// The kernel makes id-mapped mounts that overlayfs accepts as lower dirs (Linux 5.19+,
+    /// containerd's test): id-mapping labels then become `uidmap=`/`gidmap=` mount options.
+    pub idmapped_mounts: bool,
 }
 
 impl Features {
@@ -49,7 +52,33 @@ impl Features {
                 root.display()
             ))
         })?;
-        Ok(Features { index, userxattr })
+        Ok(Features {
+            index,
+            userxattr,
+            idmapped_mounts: supports_idmapped_mounts(),
+        })
+    }
+}
+
+/// containerd's `SupportsIDMappedMounts` fast path: overlayfs takes id-mapped lower dirs from
+/// Linux 5.19 on. (containerd also probes older kernels for backports with a test mount; strata
+/// does not, so such a kernel counts as without.)
+fn supports_idmapped_mounts() -> bool {
+    // The release uname(2) gives.
+    match std::fs::read_to_string("/proc/sys/kernel/osrelease") {
+        Ok(release) => kernel_at_least(release.trim(), (5, 19)),
+        Err(_) => false,
+    }
+}
+
+/// Whether a kernel release string (`6.18.0-1-amd64`) is at least `want` (major, minor).
+fn kernel_at_least(release: &str, want: (u32, u32)) -> bool {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next().and_then(|p| p.parse::<u32>().ok());
+    let minor = parts.next().and_then(|p| p.parse::<u32>().ok());
+    match (major, minor) {
+        (Some(major), Some(minor)) => (major, minor) >= want,
+        _ => false,
     }
 }
 
@@ -106,10 +135,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn kernel_releases_compare_like_containerds() {
+        assert!(kernel_at_least("6.18.0-1-amd64", (5, 19)));
+        assert!(kernel_at_least("5.19.0", (5, 19)));
+        assert!(kernel_at_least("5.19-rc1", (5, 19)));
+        assert!(!kernel_at_least("5.18.19", (5, 19)));
+        assert!(!kernel_at_least("4.20.0", (5, 19)));
+        assert!(kernel_at_least("10.0.0", (5, 19)));
+        assert!(!kernel_at_least("garbage", (5, 19)));
+        assert!(!kernel_at_least("6", (5, 19)));
+    }
+
+    #[test]
     fn detected_options_come_first_and_configured_ones_win() {
         let f = Features {
             index: true,
             userxattr: true,
+            idmapped_mounts: false,
         };
         assert_eq!(f.options(&[]), ["userxattr", "index=off"]);
         let configured = vec!["index=on".to_string(), "volatile".to_string()];
@@ -130,6 +172,8 @@ mod tests {
             Path::new("/sys/module/overlay/parameters/index").exists()
         );
         assert!(!f.userxattr, "tests run as real root");
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        assert_eq!(f.idmapped_mounts, kernel_at_least(release.trim(), (5, 19)));
         assert_eq!(
             std::fs::read_dir(dir.path()).unwrap().count(),
             0,

@@ -879,6 +879,7 @@ async fn mounts_carry_the_detected_and_configured_options() {
         Some(Features {
             index: true,
             userxattr: true,
+            idmapped_mounts: true,
         }),
     )
     .await;
@@ -1152,5 +1153,90 @@ async fn a_130_layer_chain_mounts() {
     assert!(
         m[0].options.join(",").len() > 3584,
         "long enough to need compaction"
+    );
+}
+
+/// Id-mapping labels over the wire: Prepare and View take them, Mounts repeats them as
+/// `uidmap=`/`gidmap=` options (with `remap_ids`), and malformed ones are InvalidArgument,
+/// leaving no snapshot behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn idmapping_labels_over_grpc() {
+    let cfg = SnapshotterConfig {
+        remap_ids: true,
+        ..Default::default()
+    };
+    let s = Server::start_with(
+        cfg,
+        Some(Features {
+            index: true,
+            userxattr: false,
+            idmapped_mounts: true,
+        }),
+    )
+    .await;
+    let mut c = s.client();
+    prepare(&mut c, "base-a", "").await.unwrap();
+    commit(&mut c, "base", "base-a").await.unwrap();
+    let mapped = |uid: &str, gid: &str| {
+        let mut l = gc_root();
+        l.insert(
+            "containerd.io/snapshot/uidmapping".to_string(),
+            uid.to_string(),
+        );
+        l.insert(
+            "containerd.io/snapshot/gidmapping".to_string(),
+            gid.to_string(),
+        );
+        l
+    };
+    let r = c
+        .prepare(pb::PrepareSnapshotRequest {
+            snapshotter: "strata".into(),
+            key: "c".into(),
+            parent: "base".into(),
+            labels: mapped("0:100000:65536", "0:100000:65536"),
+        })
+        .await
+        .unwrap();
+    let m = from_proto(r.into_inner().mounts);
+    assert_eq!(
+        m[0].options[..2],
+        ["uidmap=0:100000:65536", "gidmap=0:100000:65536"]
+    );
+    assert_eq!(mounts(&mut c, "c").await.unwrap(), m);
+    let info = stat(&mut c, "c").await.unwrap();
+    assert_eq!(
+        info.labels
+            .get("containerd.io/snapshot/uidmapping")
+            .map(String::as_str),
+        Some("0:100000:65536")
+    );
+    let md = std::fs::metadata(s.root().join("snapshots/2/fs")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (100000, 100000));
+
+    for (uid, gid) in [("0:100000", "0:1:1"), ("1:100000:10", "0:1:1")] {
+        let r = c
+            .prepare(pb::PrepareSnapshotRequest {
+                snapshotter: "strata".into(),
+                key: "bad".into(),
+                parent: "base".into(),
+                labels: mapped(uid, gid),
+            })
+            .await;
+        assert_code(r, tonic::Code::InvalidArgument, "malformed mapping");
+        let r = c
+            .view(pb::ViewSnapshotRequest {
+                snapshotter: "strata".into(),
+                key: "bad".into(),
+                parent: "base".into(),
+                labels: mapped(uid, gid),
+            })
+            .await;
+        assert_code(r, tonic::Code::InvalidArgument, "malformed mapping");
+    }
+    assert_code(
+        stat(&mut c, "bad").await,
+        tonic::Code::NotFound,
+        "nothing made",
     );
 }

@@ -50,6 +50,12 @@ impl ProxyPlugins {
     /// Top-level keys (see [`Self::disabled_plugins`]) can't be part of it, because it is
     /// meant to come after other tables.
     pub fn toml(&self) -> String {
+        self.toml_with_capabilities(&[])
+    }
+
+    /// [`Self::toml`] with `capabilities` in the snapshotter's `[proxy_plugins]` entry (what
+    /// containerd reports for it through introspection, e.g. `remap-ids`).
+    pub fn toml_with_capabilities(&self, snapshotter_capabilities: &[&str]) -> String {
         let mut s = String::new();
         if self.snapshotter.is_none() && self.content.is_none() && self.differ.is_none() {
             return s;
@@ -58,6 +64,13 @@ impl ProxyPlugins {
         s.push_str("[proxy_plugins]\n");
         if let Some(sock) = &self.snapshotter {
             proxy_entry(&mut s, SNAPSHOTTER_NAME, "snapshot", sock, None);
+            if !snapshotter_capabilities.is_empty() {
+                let caps: Vec<String> = snapshotter_capabilities
+                    .iter()
+                    .map(|c| toml_str(c))
+                    .collect();
+                let _ = writeln!(s, "    capabilities = [{}]", caps.join(", "));
+            }
         }
         if let Some(sock) = &self.content {
             proxy_entry(&mut s, CONTENT_NAME, "content", sock, None);
@@ -222,6 +235,21 @@ mod tests {
             "{t}"
         );
         assert!(!t.contains("diff-service"), "{t}");
+    }
+
+    #[test]
+    fn snapshotter_capabilities_go_in_its_entry() {
+        let p = ProxyPlugins {
+            snapshotter: Some("/s.sock".into()),
+            platform: Some("linux/amd64".into()),
+            ..Default::default()
+        };
+        let t = p.toml_with_capabilities(&["remap-ids", "rebase"]);
+        assert!(
+            t.contains("address = \"/s.sock\"\n    capabilities = [\"remap-ids\", \"rebase\"]\n"),
+            "{t}"
+        );
+        assert_eq!(p.toml_with_capabilities(&[]), p.toml());
     }
 
     #[test]

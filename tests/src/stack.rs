@@ -100,6 +100,16 @@ pub struct Stack {
 
 impl Stack {
     pub fn start(version: Version, options: &StackOptions) -> Result<Stack> {
+        Stack::start_with_capabilities(version, options, &[])
+    }
+
+    /// [`Stack::start`], declaring `snapshotter_capabilities` for strata-snapshotter in
+    /// containerd's `[proxy_plugins]` entry.
+    pub fn start_with_capabilities(
+        version: Version,
+        options: &StackOptions,
+        snapshotter_capabilities: &[&str],
+    ) -> Result<Stack> {
         // Reserve containerd's dir first: the differ needs its socket path, and dials lazily.
         let dir = ContainerdDir::new()?;
         let mut plugin_options = PluginsOptions::new(options.start).content_address(dir.socket());
@@ -118,7 +128,7 @@ impl Stack {
         let plugins = Plugins::start(&plugin_options)?;
         let proxy = plugins.proxy(options.wire);
         let mut ctd_options = ContainerdOptions::new(version);
-        ctd_options.proxy_toml = proxy.toml();
+        ctd_options.proxy_toml = proxy.toml_with_capabilities(snapshotter_capabilities);
         if !options.extra_toml.is_empty() {
             ctd_options.proxy_toml.push('\n');
             ctd_options.proxy_toml.push_str(&options.extra_toml);

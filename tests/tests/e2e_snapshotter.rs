@@ -509,3 +509,366 @@ fn every_fixture_unpacks_exactly_containerd_1_7() {
 fn every_fixture_unpacks_exactly_containerd_2() {
     every_fixture_unpacks_exactly(Version::V2);
 }
+
+/// The uid and gid ranges the id-mapping tests give their containers.
+const MAP: &str = "0:100000:65536";
+/// The host id container root becomes under [`MAP`].
+const MAPPED_ROOT: u32 = 100_000;
+
+/// busybox plus a layer whose files belong to other users; with `far`, one of them outside
+/// [`MAP`] (containerd's client refuses to chown such a file when it shifts the layers itself,
+/// "container ID 70000 cannot be mapped to a host ID", on any snapshotter).
+fn owners_image(version: Version, far: bool) -> strata_testkit::image::Image {
+    let mut owned = vec![
+        dir("/data", 0o755).owner(1000, 1000),
+        file("/data/f", "user file\n").owner(1000, 1001),
+        file("/etc/app.conf", "root file\n"),
+    ];
+    if far {
+        owned.push(file("/data/far", "outside the map\n").owner(70000, 70000));
+    }
+    let busybox = std::env::var_os("BUSYBOX")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/bin/busybox"));
+    let layers = vec![
+        Layer::new(
+            strata_testkit::fixtures::busybox_changes(&busybox).expect("busybox changes"),
+            Compression::Gzip,
+        )
+        .expect("busybox layer"),
+        Layer::new(owned, Compression::Gzip).expect("owners layer"),
+    ];
+    strata_testkit::image::ImageBuilder::new(format!(
+        "localhost/strata-test/owners-{}:{}",
+        if far { "far" } else { "near" },
+        version.key()
+    ))
+    .layers(layers)
+    .cmd(["/bin/sh"])
+    .build()
+    .expect("building the owners image")
+}
+
+/// What the id-mapping tests run in their containers: every path's owner and mode as the
+/// container sees them (before writing), then writes as root and as user 1000, including
+/// to files of the lower layers (copy-up).
+const LIST_AND_WRITE: &str = "find / -xdev | sort | while read f; do stat -c '%u:%g %a %n' \"$f\"; done; \
+     echo ---; echo new > /new-file && mkdir /new-dir && chown 1000:1000 /new-dir && \
+     echo more >> /data/f && echo more >> /etc/app.conf && \
+     su -s /bin/sh nobody -c 'true' 2>/dev/null; \
+     stat -c '%u:%g %n' /new-file /new-dir /data/f /etc/app.conf && echo wrote";
+
+/// Runs [`LIST_AND_WRITE`] in a container `id` of `image` on `snapshotter` with [`MAP`] (and
+/// `extra` flags); returns what it printed: the listing, then the owners after writing.
+fn run_mapped(
+    stack: &Stack,
+    snapshotter: &str,
+    image: &str,
+    id: &str,
+    extra: &[&str],
+) -> (String, String) {
+    let mut args = vec![
+        "run",
+        "--snapshotter",
+        snapshotter,
+        "--uidmap",
+        MAP,
+        "--gidmap",
+        MAP,
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[image, id, "/bin/sh", "-c", LIST_AND_WRITE]);
+    let out = stack.containerd.ctr(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && stdout.contains("wrote"),
+        "ctr {args:?} failed: {}\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        stack.log_tails()
+    );
+    let (listing, after) = stdout.split_once("---").expect("the marker");
+    (listing.to_string(), after.to_string())
+}
+
+fn owner_of(p: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    (md.uid(), md.gid())
+}
+
+/// The active snapshot `key`'s upper dir and lower dirs, from `ctr snapshots mounts`.
+fn upper_and_lowers(stack: &Stack, key: &str) -> (PathBuf, Vec<PathBuf>, Vec<String>) {
+    let (kind, _, options) = parse_mount(&snap(stack, &["mounts", "/mnt", key]));
+    assert_eq!(kind, "overlay", "{options:?}");
+    let upper = PathBuf::from(option(&options, "upperdir").expect("upperdir"));
+    let lowers = option(&options, "lowerdir")
+        .expect("lowerdir")
+        .split(':')
+        .map(PathBuf::from)
+        .collect();
+    (upper, lowers, options)
+}
+
+/// strata-snapshotter with `remap_ids = remap` in its config file and containerd declaring
+/// `capabilities` for it. The config file lives in `dir`, which must outlive the stack.
+fn remap_stack(version: Version, remap: bool, capabilities: &[&str], dir: &Path) -> Stack {
+    let config = dir.join("snapshotter.toml");
+    std::fs::write(&config, format!("[snapshotter]\nremap_ids = {remap}\n"))
+        .expect("writing the snapshotter config");
+    Stack::start_with_capabilities(
+        version,
+        &StackOptions::only(SNAPSHOTTER_ONLY).with_plugin_args(
+            PluginKind::Snapshotter,
+            [OsStr::new("--config"), config.as_os_str()],
+        ),
+        capabilities,
+    )
+    .expect("starting strata-snapshotter and containerd")
+}
+
+/// Imports `image` into strata and into containerd's overlayfs snapshotter.
+fn import_both(stack: &Stack, image: &strata_testkit::image::Image) {
+    import(stack, image, "owners");
+    let archive = stack.containerd.dir().path().join("owners-overlayfs.tar");
+    image.write_archive(&archive).expect("writing the archive");
+    stack.containerd.ctr_ok(&[
+        OsStr::new("images"),
+        OsStr::new("import"),
+        OsStr::new("--snapshotter"),
+        OsStr::new("overlayfs"),
+        archive.as_os_str(),
+    ]);
+}
+
+/// Runs the mapped container on strata and on overlayfs with `extra` flags; checks that
+/// strata's container sees the image's owners shifted into its namespace and writes as its
+/// root, exactly as overlayfs's does. Returns strata's container id (kept, for inspection).
+fn mapped_runs_match_overlayfs(stack: &Stack, image: &str, extra: &[&str]) -> String {
+    let id = unique_name("idmap");
+    let (listing, after) = run_mapped(stack, "strata", image, &id, extra);
+    let far = image.contains("owners-far");
+    let mut want = vec![
+        "0:0 755 /",
+        "0:0 755 /bin",
+        "0:0 755 /bin/busybox",
+        "1000:1000 755 /data",
+        "1000:1001 644 /data/f",
+        "0:0 644 /etc/app.conf",
+    ];
+    if far {
+        // Outside the map: the kernel shows the overflow id.
+        want.push("65534:65534 644 /data/far");
+    }
+    for line in want {
+        assert!(
+            listing.lines().any(|l| l == line),
+            "{line:?} not in the container's listing:\n{listing}"
+        );
+    }
+    for line in [
+        "0:0 /new-file",
+        "1000:1000 /new-dir",
+        "1000:1001 /data/f",
+        "0:0 /etc/app.conf",
+    ] {
+        assert!(after.lines().any(|l| l == line), "{line:?} not in {after}");
+    }
+    let ovl_id = unique_name("idmap-ovl");
+    let (ovl_listing, ovl_after) = run_mapped(stack, "overlayfs", image, &ovl_id, extra);
+    assert_eq!(
+        listing, ovl_listing,
+        "strata against overlayfs, as seen inside"
+    );
+    assert_eq!(after, ovl_after, "strata against overlayfs, after writing");
+    stack.containerd.ctr_ok(&["containers", "rm", &ovl_id]);
+    id
+}
+
+/// The image's layers, unshifted, still run an unmapped container.
+fn unmapped_run_sees_the_images_owners(stack: &Stack, image: &str) {
+    let far = image.contains("owners-far");
+    let plain = unique_name("plain");
+    let out = stack.containerd.ctr_ok(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        "strata",
+        image,
+        &plain,
+        "/bin/sh",
+        "-c",
+        "stat -c '%u:%g %n' / /data/f && cat /data/f && touch /x && echo plain-ok",
+    ]);
+    for line in ["0:0 /", "1000:1001 /data/f", "user file", "plain-ok"] {
+        assert!(out.lines().any(|l| l == line), "{line:?} not in {out}");
+    }
+    if far {
+        assert_eq!(
+            stack
+                .containerd
+                .ctr_ok(&[
+                    "run",
+                    "--rm",
+                    "--snapshotter",
+                    "strata",
+                    image,
+                    &format!("{plain}-far"),
+                    "stat",
+                    "-c",
+                    "%u:%g",
+                    "/data/far",
+                ])
+                .trim(),
+            "70000:70000"
+        );
+    }
+}
+
+/// The committed layer holding `/data` under strata's root, checked to be unshifted.
+fn assert_layer_unshifted(lowers: &[PathBuf]) {
+    let lower_data = lowers
+        .iter()
+        .find(|l| l.join("data").exists())
+        .expect("the owners layer");
+    assert_eq!(owner_of(&lower_data.join("data")), (1000, 1000));
+    assert_eq!(owner_of(&lower_data.join("data/f")), (1000, 1001));
+    if lower_data.join("data/far").exists() {
+        assert_eq!(owner_of(&lower_data.join("data/far")), (70000, 70000));
+    }
+    assert_eq!(
+        std::fs::read_to_string(lower_data.join("data/f")).expect("lower file"),
+        "user file\n",
+        "the layer is not written"
+    );
+}
+
+/// Kubernetes' user namespaces on strata: with `remap_ids = true` and
+/// `capabilities = ["remap-ids"]`, containerd 2.x passes the mapping to strata in labels
+/// (`ctr run --remap-labels`, what CRI does for `hostUsers: false`), strata hands out mounts
+/// with `uidmap=`/`gidmap=`, and containerd's mount code id-maps the shared lower layers. The
+/// container sees what it would see on containerd's overlayfs snapshotter and writes as its
+/// root; the layers stay unshifted and run an unmapped container too.
+#[test]
+fn idmapped_snapshots_containerd_2() {
+    let version = Version::V2;
+    let dir = tempfile::tempdir().expect("config dir");
+    let stack = remap_stack(version, true, &["remap-ids"], dir.path());
+    let ctd = &stack.containerd;
+    let plugin = ctd.ctr_ok(&["plugins", "ls", "-d", "id==strata"]);
+    assert!(
+        plugin
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Capabilities:", "remap-ids"]),
+        "containerd reports the declared capability:\n{plugin}"
+    );
+    let image = owners_image(version, true);
+    import_both(&stack, &image);
+    let before = snap(&stack, &["ls"]).lines().count();
+
+    let id = mapped_runs_match_overlayfs(&stack, &image.name, &["--remap-labels"]);
+    // The capability made containerd hand the mapping to strata instead of copying the
+    // layers into a chowned snapshot itself: one new snapshot, the container's.
+    let listing = snap(&stack, &["ls"]);
+    assert_eq!(
+        listing.lines().count(),
+        before + 1,
+        "no remapped copy of the image was made:\n{listing}"
+    );
+    let info = snap(&stack, &["info", &id]);
+    assert!(
+        info.contains("\"containerd.io/snapshot/uidmapping\": \"0:100000:65536\""),
+        "{info}"
+    );
+
+    // On the host: the upper dir holds host ids, the shared layers kept theirs.
+    let (upper, lowers, options) = upper_and_lowers(&stack, &id);
+    assert_eq!(option(&options, "uidmap"), Some(MAP), "{options:?}");
+    assert_eq!(option(&options, "gidmap"), Some(MAP), "{options:?}");
+    let r = MAPPED_ROOT;
+    assert_eq!(owner_of(&upper), (r, r));
+    assert_eq!(owner_of(&upper.join("new-file")), (r, r));
+    assert_eq!(owner_of(&upper.join("new-dir")), (r + 1000, r + 1000));
+    assert_eq!(owner_of(&upper.join("data/f")), (r + 1000, r + 1001));
+    assert_eq!(owner_of(&upper.join("etc/app.conf")), (r, r));
+    assert_layer_unshifted(&lowers);
+
+    unmapped_run_sees_the_images_owners(&stack, &image.name);
+    ctd.ctr_ok(&["containers", "rm", &id]);
+}
+
+/// Without `remap-ids` (strata's default `remap_ids = false`), containerd 2.x's client shifts
+/// ownership itself: it copies the image into a chowned snapshot (containerd's `slow_chown`
+/// path), then prepares the container on it with the labels, and strata must not map again.
+#[test]
+fn client_shifted_snapshots_containerd_2() {
+    let version = Version::V2;
+    let dir = tempfile::tempdir().expect("config dir");
+    let stack = remap_stack(version, false, &[], dir.path());
+    let image = owners_image(version, false);
+    import_both(&stack, &image);
+    let before = snap(&stack, &["ls"]).lines().count();
+    let id = mapped_runs_match_overlayfs(&stack, &image.name, &["--remap-labels"]);
+    let listing = snap(&stack, &["ls"]);
+    assert_eq!(
+        listing.lines().count(),
+        before + 2,
+        "the client's chowned copy and the container's snapshot:\n{listing}"
+    );
+    let (upper, lowers, options) = upper_and_lowers(&stack, &id);
+    assert_eq!(option(&options, "uidmap"), None, "{options:?}");
+    assert_eq!(owner_of(&upper), (MAPPED_ROOT, MAPPED_ROOT));
+    // The nearest lower is the client's chowned copy; the image's layers are below it.
+    assert_eq!(
+        owner_of(&lowers[0].join("data/f")),
+        (MAPPED_ROOT + 1000, MAPPED_ROOT + 1001)
+    );
+    assert_layer_unshifted(&lowers[1..]);
+    unmapped_run_sees_the_images_owners(&stack, &image.name);
+    stack.containerd.ctr_ok(&["containers", "rm", &id]);
+}
+
+/// containerd 1.7's mount code has no id-mapped mounts: with strata's default
+/// (`remap_ids = false`, no capability) `ctr run --uidmap/--gidmap`, with or without
+/// `--remap-labels`, gets a client-chowned copy, as on overlayfs. With `remap_ids = true`
+/// 1.7 passes `uidmap=` to the kernel, which refuses the mount.
+#[test]
+fn idmapped_snapshots_containerd_1_7() {
+    let version = Version::V1_7;
+    let dir = tempfile::tempdir().expect("config dir");
+    let stack = remap_stack(version, false, &[], dir.path());
+    let image = owners_image(version, false);
+    import_both(&stack, &image);
+    for extra in [&[][..], &["--remap-labels"][..]] {
+        let id = mapped_runs_match_overlayfs(&stack, &image.name, extra);
+        let (_, lowers, options) = upper_and_lowers(&stack, &id);
+        assert_eq!(option(&options, "uidmap"), None, "{options:?}");
+        assert_layer_unshifted(&lowers[1..]);
+        stack.containerd.ctr_ok(&["containers", "rm", &id]);
+    }
+    unmapped_run_sees_the_images_owners(&stack, &image.name);
+    drop(stack);
+
+    let dir = tempfile::tempdir().expect("config dir");
+    let stack = remap_stack(version, true, &["remap-ids"], dir.path());
+    import(&stack, &image, "owners");
+    let id = unique_name("idmap17");
+    let out = stack.containerd.ctr(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        "strata",
+        "--uidmap",
+        MAP,
+        "--gidmap",
+        MAP,
+        "--remap-labels",
+        &image.name,
+        &id,
+        "/bin/true",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("invalid argument"),
+        "1.7 cannot mount uidmap= options: {stderr}"
+    );
+}
