@@ -5,6 +5,7 @@
 pub mod app;
 pub mod cli;
 pub mod client;
+pub mod crashpoint;
 pub mod error;
 pub mod fieldpath;
 pub mod filter;

@@ -138,6 +138,7 @@ impl ContentStore {
 
     pub fn delete(&self, digest: &Digest) -> Result<()> {
         self.inner.backend.delete(digest)?;
+        strata_common::crashpoint::hit("content.delete.blob_gone");
         // The blob is gone already; a row left by a failure here is harmless (see metadata).
         if let Err(e) = self.inner.meta.remove(digest) {
             warn!(%digest, error = %e.chain(), "blob deleted but its metadata row stays");
@@ -268,6 +269,7 @@ impl ContentWriter {
         let inner = &self.store.inner;
         let t = Instant::now();
         let done = self.writer.finish(size, expected)?;
+        strata_common::crashpoint::hit("content.commit.synced");
         let finished = t.elapsed();
         let remove_ingest = || {
             if let Err(e) = std::fs::remove_dir_all(&done.dir) {
@@ -282,8 +284,10 @@ impl ContentWriter {
             }
             Err(e) => return Err(e),
         }
+        strata_common::crashpoint::hit("content.commit.stored");
         let stored = t.elapsed();
         remove_ingest();
+        strata_common::crashpoint::hit("content.commit.ingest_removed");
         let removed = t.elapsed();
         let now = SystemTime::now();
         let mut labels = labels;

@@ -136,6 +136,7 @@ impl BlobBackend for LocalBackend {
         if !placed {
             return Err(Error::already_exists(format!("content {digest}")));
         }
+        strata_common::crashpoint::hit("content.put.renamed");
         // The rename is durable only once the directory entry is.
         fsync_dir(&dir)
     }
