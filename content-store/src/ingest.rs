@@ -59,6 +59,7 @@ pub struct Ingests {
 
 const DATA: &str = "data";
 const REF: &str = "ref";
+const REF_TEMP: &str = "ref.tmp";
 const STARTED: &str = "startedat";
 const UPDATED: &str = "updatedat";
 const TOTAL: &str = "total";
@@ -134,6 +135,10 @@ impl Ingests {
     fn read_status(dir: &Path) -> io::Result<IngestStatus> {
         let data = fs::metadata(dir.join(DATA))?;
         let r#ref = read_string(&dir.join(REF))?;
+        if r#ref.is_empty() {
+            // Written in place by an older version and cut by a crash: incomplete.
+            return Err(io::Error::new(io::ErrorKind::NotFound, "empty ingest ref"));
+        }
         let started_at = read_time(&dir.join(STARTED))?;
         let mut updated_at = read_time(&dir.join(UPDATED)).unwrap_or(started_at);
         // Writes do not rewrite `updatedat`; the data file's mtime is fresher.
@@ -213,6 +218,7 @@ impl Ingests {
             },
             Err(e) => return Err(io_err("create", &dir)(e)),
         }
+        strata_common::crashpoint::hit("content.ingest.dir_created");
         let (status, hasher) = match resumed {
             Some(r) => r,
             None => (Self::create(&dir, r#ref, total, expected)?, Sha256::new()),
@@ -285,7 +291,11 @@ impl Ingests {
         if let Some(e) = expected {
             write(EXPECTED, &e.to_string())?;
         }
-        write(REF, r#ref)?;
+        // Renamed into place: a crash while writing it must not leave an ingest named by an
+        // empty or cut ref (`ref` marks the ingest complete).
+        write(REF_TEMP, r#ref)?;
+        let (temp, path) = (dir.join(REF_TEMP), dir.join(REF));
+        fs::rename(&temp, &path).map_err(io_err("rename", &temp))?;
         Ok(IngestStatus {
             r#ref: r#ref.to_owned(),
             offset: 0,
@@ -431,6 +441,7 @@ impl IngestWriter {
                 e,
             ));
         }
+        strata_common::crashpoint::hit("content.ingest.written");
         self.status.offset += data.len() as u64;
         self.hash.update(data)?;
         self.status.updated_at = SystemTime::now();
@@ -514,6 +525,30 @@ mod tests {
             .finish(10, Some(&Digest::sha256_of(b"helloworld")))
             .unwrap();
         assert_eq!(fs::read(&f.data).unwrap(), b"helloworld");
+    }
+
+    #[test]
+    fn an_ingest_cut_by_a_crash_before_its_ref_is_not_listed_and_starts_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ing = Ingests::open(tmp.path()).unwrap();
+        let mut w = ing.writer("cut", 0, None).unwrap();
+        w.write_slice(b"partial").unwrap();
+        let dir = w.dir.clone();
+        drop(w);
+        // What a SIGKILL inside `create` leaves: the ref not yet renamed into place, or (an
+        // older version writing it in place) empty.
+        fs::rename(dir.join(REF), dir.join(REF_TEMP)).unwrap();
+        assert!(ing.list().unwrap().is_empty());
+        assert!(ing.status("cut").unwrap_err().is(ErrorKind::NotFound));
+        fs::write(dir.join(REF), "").unwrap();
+        assert!(ing.list().unwrap().is_empty());
+        let mut w = ing.writer("cut", 0, None).unwrap();
+        assert_eq!(w.offset(), 0, "starts again");
+        w.write_slice(b"whole").unwrap();
+        drop(w);
+        let listed = ing.list().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!((listed[0].r#ref.as_str(), listed[0].offset), ("cut", 5));
     }
 
     #[test]
