@@ -136,6 +136,16 @@ impl StrataProcess {
     /// plus `extra_args`, stdout and stderr to `DIR/KIND.log`, and waits until its socket
     /// answers the health check with SERVING.
     pub fn start(kind: PluginKind, dir: &Path, extra_args: &[OsString]) -> Result<StrataProcess> {
+        Self::start_with_env(kind, dir, extra_args, &[])
+    }
+
+    /// [`StrataProcess::start`] with `env` added to the process's environment.
+    pub fn start_with_env(
+        kind: PluginKind,
+        dir: &Path,
+        extra_args: &[OsString],
+        env: &[(&str, &str)],
+    ) -> Result<StrataProcess> {
         let binary = binary(kind)?;
         let socket = dir.join(format!("{}.sock", kind.short()));
         let root = dir.join(format!("{}-root", kind.short()));
@@ -161,6 +171,7 @@ impl StrataProcess {
         let child = Command::new(&binary)
             .args(&args)
             .env("RUST_BACKTRACE", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log_file)
             .stderr(log_file2)
@@ -236,6 +247,18 @@ impl StrataProcess {
     pub fn check_health(&self) -> Result<()> {
         health::check(&self.socket, Duration::from_secs(10))
             .map_err(|e| e.with_details(self.log_tail(40)))
+    }
+
+    /// SIGKILL, as a crash would (unless the process has exited already); its exit status.
+    pub fn kill(&mut self) -> Result<std::process::ExitStatus> {
+        self.stopped = true;
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Ok(status);
+        }
+        let _ = self.child.kill();
+        self.child
+            .wait()
+            .map_err(|e| Error::io(format!("waiting for {}", self.kind.binary_name()), e))
     }
 
     /// SIGTERM, then SIGKILL after [`STOP_GRACE`]. Idempotent.
