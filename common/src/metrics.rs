@@ -175,7 +175,18 @@ where
     tokio::spawn(async move {
         let service = service_fn(move |req| {
             let registry = registry.clone();
-            async move { Ok::<_, Infallible>(respond(&req, &registry)) }
+            async move {
+                // Collectors (a plugin's store sizes) may read the disk: not on a worker.
+                let response = tokio::task::spawn_blocking(move || respond(&req, &registry))
+                    .await
+                    .unwrap_or_else(|e| {
+                        plain(
+                            http::StatusCode::INTERNAL_SERVER_ERROR,
+                            &format!("encoding metrics: {e}\n"),
+                        )
+                    });
+                Ok::<_, Infallible>(response)
+            }
         });
         if let Err(e) = http1::Builder::new()
             .serve_connection(TokioIo::new(stream), service)
@@ -186,12 +197,13 @@ where
     });
 }
 
+fn plain(status: http::StatusCode, text: &str) -> http::Response<Full<Bytes>> {
+    let mut r = http::Response::new(Full::new(Bytes::from(text.to_string())));
+    *r.status_mut() = status;
+    r
+}
+
 fn respond<B>(req: &http::Request<B>, registry: &Registry) -> http::Response<Full<Bytes>> {
-    let plain = |status: http::StatusCode, text: &str| {
-        let mut r = http::Response::new(Full::new(Bytes::from(text.to_string())));
-        *r.status_mut() = status;
-        r
-    };
     if !matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
         return plain(http::StatusCode::METHOD_NOT_ALLOWED, "GET /metrics\n");
     }

@@ -160,9 +160,10 @@ pub fn record_key(key: &str) {
     Span::current().record("key", key);
 }
 
-/// Records the digest a call is about in its span (see [`RpcLayer`]).
-pub fn record_digest(digest: &str) {
-    Span::current().record("digest", digest);
+/// Records the digest a call is about in its span (see [`RpcLayer`]); formatted only when
+/// the span is recorded at all.
+pub fn record_digest(digest: &dyn std::fmt::Display) {
+    Span::current().record("digest", tracing::field::display(digest));
 }
 
 /// The name gRPC gives a status code (grpc-go's `codes.Code.String()`, which containerd's

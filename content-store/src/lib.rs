@@ -12,6 +12,7 @@ pub mod digest;
 pub mod hash;
 pub mod ingest;
 pub mod metadata;
+pub mod metrics;
 pub mod service;
 pub mod sqlite;
 pub mod store;

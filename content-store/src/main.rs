@@ -5,6 +5,7 @@ use clap::Parser;
 use strata_common::cli::ServerArgs;
 use strata_content::backend::{BlobBackend, LocalBackend, S3Backend};
 use strata_content::config::{BackendKind, Config, NAME};
+use strata_content::metrics::{CacheSize, ContentMetrics};
 use strata_content::{ContentService, ContentStore, SERVICE_NAME};
 
 /// containerd proxy content store (local disk or object storage).
@@ -23,8 +24,9 @@ fn main() -> ExitCode {
         Config::default(),
         |_| {},
         &[SERVICE_NAME],
-        |cfg: &Config, _metrics| {
+        |cfg: &Config, registry| {
             let root = &cfg.server.root;
+            let mut cache_bytes: Option<CacheSize> = None;
             let backend: Box<dyn BlobBackend> = match cfg.content.backend {
                 BackendKind::Local => Box::new(LocalBackend::open(root).map_err(|e| e.chain())?),
                 BackendKind::S3 => {
@@ -34,6 +36,8 @@ fn main() -> ExitCode {
                         s3.spawn_sweeper(Duration::from_secs(every))
                             .map_err(|e| e.chain())?;
                     }
+                    let cache = s3.clone();
+                    cache_bytes = Some(Box::new(move || cache.cached_bytes()));
                     Box::new(s3)
                 }
             };
@@ -47,7 +51,10 @@ fn main() -> ExitCode {
             if expiry > 0 {
                 ContentService::spawn_ingest_expiry(store.clone(), Duration::from_secs(expiry));
             }
-            let server = ContentService::new(store).into_server();
+            let metrics = ContentMetrics::register(registry, store.clone(), cache_bytes);
+            let server = ContentService::new(store)
+                .with_metrics(metrics)
+                .into_server();
             Ok(Box::new(move |router| router.add_service(server)))
         },
     )

@@ -3,10 +3,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use strata_common::error::ErrorKind;
 use strata_common::filter::Filter;
+use strata_common::rpc::{record_digest, record_key};
 use strata_common::{Error, Result};
 use strata_proto::content::content_server::{Content, ContentServer};
 use strata_proto::content::{
@@ -19,11 +21,12 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, warn};
 
 use crate::backend::BlobReader;
 use crate::digest::Digest;
 use crate::ingest::IngestStatus;
+use crate::metrics::ContentMetrics;
 use crate::store::{ContentStore, ContentWriter, Info};
 use crate::time::to_timestamp;
 
@@ -38,11 +41,21 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 
 pub struct ContentService {
     store: ContentStore,
+    metrics: Arc<ContentMetrics>,
 }
 
 impl ContentService {
     pub fn new(store: ContentStore) -> Self {
-        ContentService { store }
+        ContentService {
+            store,
+            metrics: Arc::default(),
+        }
+    }
+
+    /// Counts bytes ingested and read in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<ContentMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The tonic service with containerd's message size limits.
@@ -385,12 +398,14 @@ impl WriteSession {
 
 async fn write_session(
     store: ContentStore,
+    metrics: &ContentMetrics,
     mut inbound: Streaming<WriteContentRequest>,
     tx: &mpsc::Sender<Result<WriteContentResponse, Status>>,
 ) -> Result<(), Status> {
     let Some(first) = inbound.message().await? else {
         return Ok(());
     };
+    record_key(&first.r#ref);
     // Each message is one write of at most a few MiB (or a commit; opening may re-hash a
     // resumed ingest): run in place, which saves two thread wake-ups per message on
     // containerd's lock-step writes while block_in_place moves this worker's other tasks away.
@@ -408,6 +423,7 @@ async fn write_session(
         };
         timing.handled(n, t.elapsed());
         let resp = resp?;
+        metrics.ingested_bytes.inc_by(n as u64);
         let t = Instant::now();
         if tx.send(Ok(resp)).await.is_err() {
             // The client went away; dropping the session releases the ref.
@@ -463,6 +479,7 @@ impl WriteTiming {
 impl Content for ContentService {
     async fn info(&self, request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
         let digest = Digest::parse(&request.into_inner().digest)?;
+        record_digest(&digest);
         let info = short_blocking(|| self.store.info(&digest))?;
         Ok(Response::new(InfoResponse {
             info: Some(info_to_proto(info)),
@@ -478,6 +495,7 @@ impl Content for ContentService {
             .info
             .ok_or_else(|| Error::invalid_argument("update requires info"))?;
         let digest = Digest::parse(&info.digest)?;
+        record_digest(&digest);
         let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
         let labels = labels_from(info.labels);
         let store = self.store.clone();
@@ -507,6 +525,7 @@ impl Content for ContentService {
 
     async fn delete(&self, request: Request<DeleteContentRequest>) -> Result<Response<()>, Status> {
         let digest = Digest::parse(&request.into_inner().digest)?;
+        record_digest(&digest);
         let store = self.store.clone();
         blocking(move || store.delete(&digest)).await?;
         Ok(Response::new(()))
@@ -520,6 +539,7 @@ impl Content for ContentService {
     ) -> Result<Response<Self::ReadStream>, Status> {
         let req = request.into_inner();
         let digest = Digest::parse(&req.digest)?;
+        record_digest(&digest);
         let offset = non_negative("offset", req.offset)?;
         let size = non_negative("size", req.size)?;
         // containerd opens a stream per ReadAt (often 32 KiB), so the first message is usually
@@ -545,11 +565,13 @@ impl Content for ContentService {
             data,
         };
         let next = offset + first.data.len() as u64;
+        self.metrics.read_bytes.inc_by(first.data.len() as u64);
         let head = tokio_stream::once(Ok(first));
         if next >= end {
             return Ok(Response::new(Box::pin(head)));
         }
         let (tx, rx) = mpsc::channel(2);
+        let metrics = self.metrics.clone();
         tokio::task::spawn_blocking(move || {
             let mut at = next;
             while at < end {
@@ -557,6 +579,7 @@ impl Content for ContentService {
                 let stop = match &item {
                     Ok(chunk) => {
                         at += chunk.data.len() as u64;
+                        metrics.read_bytes.inc_by(chunk.data.len() as u64);
                         false
                     }
                     Err(_) => true,
@@ -574,6 +597,7 @@ impl Content for ContentService {
         request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         let r#ref = request.into_inner().r#ref;
+        record_key(&r#ref);
         let store = self.store.clone();
         let status = blocking(move || store.status(&r#ref)).await?;
         Ok(Response::new(StatusResponse {
@@ -602,19 +626,25 @@ impl Content for ContentService {
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(2);
         let store = self.store.clone();
-        tokio::spawn(async move {
-            if let Err(status) = write_session(store, inbound, &tx).await {
-                if status.code() != tonic::Code::AlreadyExists {
-                    debug!(code = ?status.code(), message = status.message(), "write failed");
+        let metrics = self.metrics.clone();
+        // The session outlives this call's future: it keeps the call's span.
+        tokio::spawn(
+            async move {
+                if let Err(status) = write_session(store, &metrics, inbound, &tx).await {
+                    if status.code() != tonic::Code::AlreadyExists {
+                        debug!(code = ?status.code(), message = status.message(), "write failed");
+                    }
+                    let _ = tx.send(Err(status)).await;
                 }
-                let _ = tx.send(Err(status)).await;
             }
-        });
+            .instrument(tracing::Span::current()),
+        );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn abort(&self, request: Request<AbortRequest>) -> Result<Response<()>, Status> {
         let r#ref = request.into_inner().r#ref;
+        record_key(&r#ref);
         let store = self.store.clone();
         blocking(move || store.abort(&r#ref)).await?;
         Ok(Response::new(()))
