@@ -12,6 +12,9 @@
 //! durability = "full"       # or "process": no sync per call, see [`Durability`]
 //! remap_ids = false         # true: id-mapping labels become uidmap=/gidmap= mount options;
 //!                           # declare capabilities = ["remap-ids"] in containerd with it
+//! max_size = 0              # bytes; a size limit for containers' snapshots without the
+//!                           # containerd.io/snapshot/max-size label (0: none)
+//! project_id_base = 1000000 # project quota ids are this plus the snapshot id
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -98,6 +101,14 @@ pub struct SnapshotterConfig {
     /// labels, which would then shift the ids twice. Needs overlayfs mode and a kernel with
     /// id-mapped mounts (5.19+); the server refuses to start otherwise.
     pub remap_ids: bool,
+    /// The size limit, in bytes, of every active snapshot that has no
+    /// `containerd.io/snapshot/max-size` label, except those containerd unpacks layers into
+    /// (keys `extract-...`); 0 for none. Enforced with project quotas: the server refuses to
+    /// start when the file system of its root has none.
+    pub max_size: u64,
+    /// Limited snapshots get project id `project_id_base + snapshot id`; keep the range apart
+    /// from other users of project quotas on the same file system.
+    pub project_id_base: u32,
 }
 
 impl Default for SnapshotterConfig {
@@ -108,6 +119,8 @@ impl Default for SnapshotterConfig {
             mount_options: Vec::new(),
             durability: Durability::Full,
             remap_ids: false,
+            max_size: 0,
+            project_id_base: 1_000_000,
         }
     }
 }

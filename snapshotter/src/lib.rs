@@ -3,7 +3,7 @@
 //!
 //! - [`snapshotter::Snapshotter`]: the core (plain Rust types, blocking);
 //! - [`service::Service`]: the gRPC adaptor containerd's proxy plugin talks to;
-//! - [`metadata`], [`layout`], [`mounts`], [`usage`], [`probe`], [`copy`], [`idmap`]: its parts.
+//! - [`metadata`], [`layout`], [`mounts`], [`usage`], [`probe`], [`copy`], [`idmap`], [`quota`]: its parts.
 
 pub mod config;
 pub mod copy;
@@ -12,6 +12,7 @@ pub mod layout;
 pub mod metadata;
 pub mod mounts;
 pub mod probe;
+pub mod quota;
 pub mod service;
 pub mod snapshotter;
 pub mod usage;

@@ -30,6 +30,7 @@ use crate::layout::{self, Layout};
 use crate::metadata::{self, Info, Kind, Snapshot, Usage};
 use crate::mounts::{self, Mount};
 use crate::probe::Features;
+use crate::quota::{self, Quotas};
 use crate::usage::disk_usage;
 
 /// A snapshotter rooted at one directory. Cheap to clone; clones share state.
@@ -46,6 +47,9 @@ struct Inner {
     /// Id-mapping labels become mount options (overlayfs mode on a kernel with id-mapped
     /// mounts).
     remap_ids: bool,
+    /// Project quotas of the file system under `snapshots/`, when it enforces them (overlayfs
+    /// mode only): what size limits need.
+    quotas: Option<Quotas>,
     db: Mutex<Connection>,
     /// A second connection for calls that only read: under WAL they see the last committed
     /// state without waiting for a writer's fsync.
@@ -173,11 +177,40 @@ impl Snapshotter {
                  set remap_ids = true and declare capabilities = [\"remap-ids\"] in containerd"
             );
         }
+        let quotas = match config.mode {
+            // The base itself is no snapshot's project (ids start at 1): a free probe.
+            Mode::Overlayfs => Quotas::detect(&snapshots, config.project_id_base),
+            Mode::Native => Err("native mode has no size limits".to_string()),
+        };
+        let quotas = match quotas {
+            Ok(q) => {
+                info!(
+                    root = %snapshots.display(),
+                    "size limits: project quotas enforced; snapshots may carry {}",
+                    quota::LABEL_MAX_SIZE
+                );
+                Some(q)
+            }
+            Err(why) if config.max_size > 0 => {
+                return Err(Error::failed_precondition(format!(
+                    "max_size = {} needs project quotas: {why}",
+                    config.max_size
+                )));
+            }
+            Err(why) => {
+                warn!(
+                    "size limits unavailable: {why}; snapshots with a {} label are refused",
+                    quota::LABEL_MAX_SIZE
+                );
+                None
+            }
+        };
         let inner = Arc::new(Inner {
             layout,
             config,
             overlay_options,
             remap_ids,
+            quotas,
             db: Mutex::new(conn),
             reader: Mutex::new(reader),
             usage_db: Mutex::new(usage_db),
@@ -279,7 +312,7 @@ impl Snapshotter {
         lock(&self.inner.building).insert(temp_name.clone());
         let result = self.create_in(kind, key, parent, labels, &temp);
         if result.is_err() {
-            let _ = std::fs::remove_dir_all(&temp);
+            let _ = self.remove_snapshot_dir(&temp);
         }
         lock(&self.inner.building).remove(&temp_name);
         result.map(|s| self.mounts_for(&s))
@@ -312,6 +345,7 @@ impl Snapshotter {
                     )),
                 })?
         };
+        let limit = self.size_limit(kind, key, labels)?;
         self.make_snapshot_dir(temp, kind)?;
         let fs = temp.join("fs");
         // The copy can take long: do it before taking the metadata lock, and check in the
@@ -347,6 +381,9 @@ impl Snapshotter {
             self.own_like_parent(&fs, *first)
                 .map_err(|e| Error::io(format!("give snapshot root the owner of {parent:?}"), e))?;
         }
+        if let Some(bytes) = limit {
+            self.limit_size(temp, s.id, bytes)?;
+        }
         let dir = layout.snapshot_dir(s.id);
         std::fs::rename(temp, &dir)
             .map_err(|e| Error::io(format!("rename {} into place", temp.display()), e))?;
@@ -358,10 +395,93 @@ impl Snapshotter {
         if let Err(e) = committed {
             // The id is not used up (the row rolled back), so the next create would meet
             // this directory.
-            let _ = std::fs::remove_dir_all(&dir);
+            let _ = self.remove_snapshot_dir(&dir);
             return Err(e);
         }
         Ok(s)
+    }
+
+    /// The size limit a new snapshot gets: its `containerd.io/snapshot/max-size` label, else
+    /// the configured default for active snapshots other than containerd's unpacking ones
+    /// (keys `extract-...`, whose layers may be any size). Views are read-only: a limit has
+    /// nothing to bound. A limit without project quotas is refused, never ignored.
+    fn size_limit(
+        &self,
+        kind: Kind,
+        key: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Option<u64>> {
+        let label = labels
+            .get(quota::LABEL_MAX_SIZE)
+            .filter(|v| !v.is_empty())
+            .map(|v| quota::parse_size(v))
+            .transpose()
+            .map_err(|e| Error::invalid_argument(e.to_string()))?;
+        if kind != Kind::Active {
+            return Ok(None);
+        }
+        // containerd's metadata store hands proxies `<namespace>/<seq>/<key>`.
+        let own_key = key.splitn(3, '/').nth(2).unwrap_or(key);
+        let default = self.inner.config.max_size;
+        let limit = match label {
+            Some(n) => n,
+            None if default > 0 && !own_key.starts_with("extract-") => default,
+            None => return Ok(None),
+        };
+        if self.inner.quotas.is_none() {
+            return Err(Error::failed_precondition(format!(
+                "snapshot size limit {limit} asked for, but {} has no project quotas \
+                 (ext4 with the project feature or xfs, mounted with prjquota)",
+                self.inner.layout.snapshots_dir().display()
+            )));
+        }
+        Ok(Some(limit))
+    }
+
+    /// Puts the snapshot being built in `temp` into its own project, limited to `bytes`.
+    fn limit_size(&self, temp: &Path, id: u64, bytes: u64) -> Result<()> {
+        let Some(quotas) = &self.inner.quotas else {
+            return Err(Error::failed_precondition("no project quotas"));
+        };
+        let project = u32::try_from(id)
+            .ok()
+            .and_then(|id| self.inner.config.project_id_base.checked_add(id))
+            .ok_or_else(|| Error::out_of_range(format!("no project id left for snapshot {id}")))?;
+        // The limit first: a directory in the project is then never unbounded.
+        quotas
+            .set_limit(project, bytes)
+            .map_err(|e| Error::io(format!("set the limit of project {project}"), e))?;
+        for dir in [temp.to_path_buf(), temp.join("fs"), temp.join("work")] {
+            match quota::set_project(&dir, project) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(Error::io(
+                        format!("put {} in project {project}", dir.display()),
+                        e,
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes a snapshot's directory and, when it was limited, clears its project's limit
+    /// (its usage went with the files).
+    fn remove_snapshot_dir(&self, dir: &Path) -> std::io::Result<()> {
+        let project = match &self.inner.quotas {
+            Some(_) => quota::project_of(dir)
+                .ok()
+                .filter(|p| *p > self.inner.config.project_id_base),
+            None => None,
+        };
+        std::fs::remove_dir_all(dir)?;
+        if let (Some(q), Some(p)) = (&self.inner.quotas, project)
+            && let Err(e) = q.set_limit(p, 0)
+        {
+            warn!(project = p, error = %e, "failed to clear a removed snapshot's size limit");
+        }
+        Ok(())
     }
 
     /// Builds the empty directory of a new snapshot of `kind` at `dir`.
@@ -485,7 +605,7 @@ impl Snapshotter {
             self.make_durable(&lock(&self.inner.db))?;
             let dir = self.inner.layout.snapshot_dir(id);
             // The snapshot is gone either way; a directory left behind is Cleanup's.
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if let Err(e) = self.remove_snapshot_dir(&dir) {
                 warn!(path = %dir.display(), error = %e, "failed to remove snapshot directory");
             }
         }
@@ -628,7 +748,7 @@ impl Snapshotter {
         };
         let mut removed = 0;
         for dir in orphans {
-            match std::fs::remove_dir_all(&dir) {
+            match self.remove_snapshot_dir(&dir) {
                 Ok(()) => removed += 1,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {

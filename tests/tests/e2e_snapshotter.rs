@@ -872,3 +872,65 @@ fn idmapped_snapshots_containerd_1_7() {
         "1.7 cannot mount uidmap= options: {stderr}"
     );
 }
+
+/// A size limit asked through containerd (`ctr run --snapshotter-label
+/// containerd.io/snapshot/max-size=...`) reaches strata; where its root has no project quotas
+/// (this machine's: its kernel has no ext4/xfs quota support) strata said so at start-up and
+/// refuses the container's snapshot instead of ignoring the limit, and an unlimited container
+/// still runs.
+fn size_limits_without_quotas_are_refused(version: Version) {
+    let stack = start(version);
+    let log = stack
+        .plugins
+        .get(PluginKind::Snapshotter)
+        .expect("snapshotter running")
+        .log_path()
+        .to_path_buf();
+    let text = std::fs::read_to_string(&log).expect("snapshotter log");
+    assert!(
+        text.contains("size limits unavailable"),
+        "start-up says so:\n{text}"
+    );
+    let image =
+        strata_testkit::fixtures::busybox(Compression::Gzip).expect("building the busybox fixture");
+    import(&stack, &image, "busybox");
+    let id = unique_name("limited");
+    let out = stack.containerd.ctr(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        "strata",
+        "--snapshotter-label",
+        "containerd.io/snapshot/max-size=10485760",
+        &image.name,
+        &id,
+        "/bin/true",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("failed precondition"),
+        "refused: {stderr}"
+    );
+    assert!(stderr.contains("no project quotas"), "{stderr}");
+    let out = stack.containerd.ctr_ok(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        "strata",
+        &image.name,
+        &format!("{id}-free"),
+        "/bin/echo",
+        "unlimited-ran",
+    ]);
+    assert!(out.contains("unlimited-ran"), "{out}");
+}
+
+#[test]
+fn size_limits_without_quotas_are_refused_containerd_1_7() {
+    size_limits_without_quotas_are_refused(Version::V1_7);
+}
+
+#[test]
+fn size_limits_without_quotas_are_refused_containerd_2() {
+    size_limits_without_quotas_are_refused(Version::V2);
+}
