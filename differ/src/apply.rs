@@ -13,6 +13,7 @@
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::Instant;
 
@@ -24,6 +25,7 @@ use tracing::info;
 
 use crate::fetch::{self, BlobReader, Fetcher, Verified};
 use crate::media::{self, Compression};
+use crate::metrics::{BlobSource, DifferMetrics};
 use crate::read_full::read_full;
 use crate::resolve::Root;
 use crate::target::Target;
@@ -57,6 +59,7 @@ impl Applied {
 pub struct Applier {
     fetcher: Fetcher,
     scratch: PathBuf,
+    metrics: Arc<DifferMetrics>,
 }
 
 impl Applier {
@@ -65,7 +68,14 @@ impl Applier {
         Applier {
             fetcher,
             scratch: scratch.into(),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts applied layers in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<DifferMetrics>) -> Applier {
+        self.metrics = metrics;
+        self
     }
 
     /// Applies the layer `desc` onto `mounts`. Unimplemented (so containerd tries its next
@@ -84,12 +94,12 @@ impl Applier {
         let start = Instant::now();
         let (blob, source, namespace): (Box<dyn Read + Send>, _, _) =
             match self.fetcher.local_blob(&desc.digest) {
-                Some(file) => (Box::new(file), "file", None),
+                Some(file) => (Box::new(file), BlobSource::File, None),
                 None => {
                     let rctx = self.fetcher.context_for(ctx, &desc.digest).await?;
                     let stream = self.fetcher.open(&rctx, &desc.digest).await?;
                     let reader = BlobReader::new(tokio::runtime::Handle::current(), stream);
-                    (Box::new(reader), "content service", rctx.namespace)
+                    (Box::new(reader), BlobSource::ContentService, rctx.namespace)
                 }
             };
         let blob = Verified::new(blob, &desc.digest, size)?;
@@ -104,13 +114,14 @@ impl Applier {
             digest = %desc.digest,
             media_type = %desc.media_type,
             namespace = namespace.as_deref().unwrap_or(""),
-            source,
+            source = source.label(),
             diff_id = %applied.digest,
             entries = applied.stats.entries,
             bytes = applied.size,
             elapsed_ms = start.elapsed().as_millis() as u64,
             "strata-differ applied layer"
         );
+        self.metrics.applied(&desc.media_type, source, size);
         Ok(applied)
     }
 }

@@ -23,6 +23,7 @@ pub mod fetch;
 pub mod inflate;
 pub mod layer;
 pub mod media;
+pub mod metrics;
 pub mod read_full;
 pub mod resolve;
 pub mod service;

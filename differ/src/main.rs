@@ -5,6 +5,7 @@ use clap::Parser;
 use strata_common::cli::ServerArgs;
 use strata_common::client::unix_channel;
 use strata_differ::config::{Config, NAME};
+use strata_differ::metrics::DifferMetrics;
 use strata_differ::{Applier, Comparer, DiffService, Fetcher, SERVICE_NAME, Uploader};
 
 /// containerd proxy differ (Apply and Diff of tar layers).
@@ -52,7 +53,7 @@ fn main() -> ExitCode {
             }
         },
         &[SERVICE_NAME],
-        |config, _metrics| {
+        |config, registry| {
             // Lazy: the differ starts before containerd's socket exists.
             let channel = unix_channel(&config.differ.content_address);
             let fetcher = Fetcher::new(channel.clone(), config.differ.fallback_namespace.clone())
@@ -82,7 +83,10 @@ fn main() -> ExitCode {
             .with_levels(config.differ.levels())
             .map_err(|e| format!("differ config: {e}"))?;
             let applier = Applier::new(fetcher, scratch);
-            let service = DiffService::new(applier, comparer).into_server();
+            let metrics = std::sync::Arc::new(DifferMetrics::register(registry));
+            let service = DiffService::new(applier, comparer)
+                .with_metrics(metrics)
+                .into_server();
             Ok(Box::new(move |router| router.add_service(service)))
         },
     )

@@ -1,8 +1,11 @@
 //! containerd's `containerd.services.diff.v1.Diff` over gRPC: requests to [`Applier`] calls,
 //! errors to the codes containerd branches on.
 
+use std::sync::Arc;
+
 use strata_common::error::{Error, ErrorKind};
 use strata_common::namespace::RequestContext;
+use strata_common::rpc::record_digest;
 use strata_proto::diff::diff_server::{Diff, DiffServer};
 use strata_proto::diff::{ApplyRequest, ApplyResponse, DiffRequest, DiffResponse};
 use tonic::{Request, Response, Status};
@@ -10,16 +13,29 @@ use tracing::warn;
 
 use crate::apply::Applier;
 use crate::compare::Comparer;
+use crate::metrics::DifferMetrics;
 
 #[derive(Clone, Debug)]
 pub struct DiffService {
     applier: Applier,
     comparer: Comparer,
+    metrics: Arc<DifferMetrics>,
 }
 
 impl DiffService {
     pub fn new(applier: Applier, comparer: Comparer) -> DiffService {
-        DiffService { applier, comparer }
+        DiffService {
+            applier,
+            comparer,
+            metrics: Arc::default(),
+        }
+    }
+
+    /// Counts applied and diffed layers in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<DifferMetrics>) -> DiffService {
+        self.applier = self.applier.with_metrics(metrics.clone());
+        self.metrics = metrics;
+        self
     }
 
     pub fn into_server(self) -> DiffServer<DiffService> {
@@ -38,6 +54,7 @@ impl Diff for DiffService {
         let desc = req
             .diff
             .ok_or_else(|| Error::invalid_argument("apply request without a diff descriptor"))?;
+        record_digest(&desc.digest);
         match self
             .applier
             .apply(&ctx, &desc, &req.mounts, req.sync_fs)
@@ -58,9 +75,16 @@ impl Diff for DiffService {
         let req = request.into_inner();
         let media_type = req.media_type.clone();
         match self.comparer.compare(&ctx, req).await {
-            Ok(c) => Ok(Response::new(DiffResponse {
-                diff: Some(c.descriptor),
-            })),
+            Ok(c) => {
+                record_digest(&c.descriptor.digest);
+                self.metrics.diffed(
+                    &c.descriptor.media_type,
+                    u64::try_from(c.descriptor.size).unwrap_or(0),
+                );
+                Ok(Response::new(DiffResponse {
+                    diff: Some(c.descriptor),
+                }))
+            }
             Err(e) => {
                 // Unimplemented is containerd's cue to try its next differ: not a failure.
                 if !e.is(ErrorKind::Unimplemented) {
