@@ -10,6 +10,7 @@ pub mod copy;
 pub mod idmap;
 pub mod layout;
 pub mod metadata;
+pub mod metrics;
 pub mod mounts;
 pub mod probe;
 pub mod quota;

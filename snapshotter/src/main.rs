@@ -21,9 +21,10 @@ fn main() -> ExitCode {
         Config::default(),
         |_| {},
         &[SERVICE_NAME],
-        |cfg, _metrics| {
+        |cfg, registry| {
             let snapshotter = Snapshotter::open(&cfg.server.root, cfg.snapshotter.clone())
                 .map_err(|e| e.chain())?;
+            strata_snapshotter::metrics::register(registry, snapshotter.clone());
             let server = Service::new(snapshotter).into_server();
             Ok(Box::new(move |router| router.add_service(server)))
         },

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 
+use strata_common::rpc::record_key;
 use strata_common::time::to_timestamp;
 use strata_common::{Error, Result};
 use strata_proto::snapshots as pb;
@@ -107,6 +108,7 @@ impl Snapshots for Service {
         req: Request<pb::PrepareSnapshotRequest>,
     ) -> Result<Response<pb::PrepareSnapshotResponse>, Status> {
         let r = req.into_inner();
+        record_key(&r.key);
         let l = labels(r.labels);
         let m = self.run(move |s| s.prepare(&r.key, &r.parent, &l)).await?;
         Ok(Response::new(pb::PrepareSnapshotResponse {
@@ -119,6 +121,7 @@ impl Snapshots for Service {
         req: Request<pb::ViewSnapshotRequest>,
     ) -> Result<Response<pb::ViewSnapshotResponse>, Status> {
         let r = req.into_inner();
+        record_key(&r.key);
         let l = labels(r.labels);
         let m = self.run(move |s| s.view(&r.key, &r.parent, &l)).await?;
         Ok(Response::new(pb::ViewSnapshotResponse {
@@ -131,6 +134,7 @@ impl Snapshots for Service {
         req: Request<pb::MountsRequest>,
     ) -> Result<Response<pb::MountsResponse>, Status> {
         let r = req.into_inner();
+        record_key(&r.key);
         let m = self.read(|s| s.mounts(&r.key))?;
         Ok(Response::new(pb::MountsResponse { mounts: mounts(m) }))
     }
@@ -140,6 +144,7 @@ impl Snapshots for Service {
         req: Request<pb::CommitSnapshotRequest>,
     ) -> Result<Response<()>, Status> {
         let r = req.into_inner();
+        record_key(&r.key);
         let l = labels(r.labels);
         self.run(move |s| s.commit(&r.name, &r.key, &l, &r.parent))
             .await?;
@@ -151,6 +156,7 @@ impl Snapshots for Service {
         req: Request<pb::RemoveSnapshotRequest>,
     ) -> Result<Response<()>, Status> {
         let r = req.into_inner();
+        record_key(&r.key);
         self.run(move |s| s.remove(&r.key)).await?;
         Ok(Response::new(()))
     }
@@ -160,6 +166,7 @@ impl Snapshots for Service {
         req: Request<pb::StatSnapshotRequest>,
     ) -> Result<Response<pb::StatSnapshotResponse>, Status> {
         let r = req.into_inner();
+        record_key(&r.key);
         let info = self.read(|s| s.stat(&r.key))?;
         Ok(Response::new(pb::StatSnapshotResponse {
             info: Some(info_to_proto(info)),
@@ -177,6 +184,7 @@ impl Snapshots for Service {
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
         let l = labels(info.labels);
         let name = info.name;
+        record_key(&name);
         let info = self.run(move |s| s.update(&name, &l, &paths)).await?;
         Ok(Response::new(pb::UpdateSnapshotResponse {
             info: Some(info_to_proto(info)),
@@ -205,6 +213,7 @@ impl Snapshots for Service {
         req: Request<pb::UsageRequest>,
     ) -> Result<Response<pb::UsageResponse>, Status> {
         let r = req.into_inner();
+        record_key(&r.key);
         let u = match self.read(|s| s.usage_lookup(&r.key))? {
             UsageLookup::Known(u) => u,
             // A directory walk: not on an async worker.
