@@ -124,7 +124,9 @@ impl MetricsListener {
                         path: PathBuf::from(a),
                         source,
                     })?;
-                info!(address = %a, "metrics endpoint listening");
+                // The port bound, when the config asked for any (`:0`).
+                let bound = l.local_addr().map_or_else(|_| a.clone(), |b| b.to_string());
+                info!(address = %bound, "metrics endpoint listening");
                 Ok(MetricsListener::Tcp(l))
             }
             MetricsAddress::Unix(p) => {

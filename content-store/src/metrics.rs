@@ -91,14 +91,14 @@ impl Collector for StoreSizes {
                 gauge(
                     &mut encoder,
                     "blobs",
-                    "Blobs in the store",
+                    "Blobs in the store.",
                     None,
                     infos.len() as u64,
                 )?;
                 gauge(
                     &mut encoder,
                     "blob",
-                    "Bytes of the blobs in the store",
+                    "Bytes of the blobs in the store.",
                     Some(&Unit::Bytes),
                     bytes,
                 )?;
@@ -109,7 +109,7 @@ impl Collector for StoreSizes {
             Ok(ingests) => gauge(
                 &mut encoder,
                 "ingests_in_flight",
-                "Ingests started and neither committed nor aborted",
+                "Ingests started and neither committed nor aborted.",
                 None,
                 ingests.len() as u64,
             )?,
@@ -119,7 +119,7 @@ impl Collector for StoreSizes {
             gauge(
                 &mut encoder,
                 "cache",
-                "Bytes of blobs in the local cache of the object store",
+                "Bytes of blobs in the local cache of the object store.",
                 Some(&Unit::Bytes),
                 cache(),
             )?;

@@ -46,7 +46,7 @@ impl Collector for SnapshotCounts {
             }] += 1;
         }
         let mut family =
-            encoder.encode_descriptor("snapshots", "Snapshots by kind", None, MetricType::Gauge)?;
+            encoder.encode_descriptor("snapshots", "Snapshots by kind.", None, MetricType::Gauge)?;
         for (kind, n) in ["committed", "active", "view"].iter().zip(counts) {
             let labels = [("kind", *kind)];
             ConstGauge::new(n).encode(family.encode_family(&labels)?)?;

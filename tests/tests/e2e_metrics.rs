@@ -1,0 +1,291 @@
+//! The metrics endpoints and per-call spans of all three servers, end to end: each server
+//! runs with a `--metrics-address` (two on unix sockets, the differ on TCP), a private
+//! containerd (1.7 and 2.x) imports an image through them and runs a container, and each
+//! endpoint is scraped: the calls containerd made are counted under their method with code
+//! OK, the plugin's own counters moved, and a call that fails (Info of a digest nobody
+//! stored) is counted as NotFound. That call carries a W3C `traceparent`, whose trace id
+//! must show up in strata-content's span for it (the harness runs servers at debug level).
+//!
+//! Needs what `e2e_smoke` needs: root, runc, the plugin binaries, containerd in the cache.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use strata_common::client::unix_channel;
+use strata_proto::content::InfoRequest;
+use strata_proto::content::content_client::ContentClient;
+use strata_testkit::Compression;
+use strata_tests::{PluginKind, Stack, StackOptions, Version, unique_name};
+
+#[test]
+fn metrics_and_trace_context_containerd_1_7() {
+    metrics_and_trace_context(Version::V1_7);
+}
+
+#[test]
+fn metrics_and_trace_context_containerd_2() {
+    metrics_and_trace_context(Version::V2);
+}
+
+/// A trace id no other test uses.
+const TRACE_ID: &str = "5c0fa3ee7b1a4d2f9e8d7c6b5a493827";
+const GZIP_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+fn metrics_and_trace_context(version: Version) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let snap_metrics = dir.path().join("snapshotter-metrics.sock");
+    let content_metrics = dir.path().join("content-metrics.sock");
+    let differ_port = free_port();
+    let options = StackOptions::full()
+        .with_plugin_args(
+            PluginKind::Snapshotter,
+            [
+                "--metrics-address".into(),
+                snap_metrics.clone().into_os_string(),
+            ],
+        )
+        .with_plugin_args(
+            PluginKind::Content,
+            [
+                "--metrics-address".into(),
+                content_metrics.clone().into_os_string(),
+            ],
+        )
+        .with_plugin_args(
+            PluginKind::Differ,
+            [
+                "--metrics-address".to_string(),
+                format!("127.0.0.1:{differ_port}"),
+            ],
+        );
+    let stack = Stack::start(version, &options).expect("starting plugins and containerd");
+    let ctd = &stack.containerd;
+
+    // Real traffic: an import (content Write, snapshotter Prepare/Commit, differ Apply) and a
+    // container (snapshotter Prepare/Mounts/Remove, content Info/Read).
+    let image =
+        strata_testkit::fixtures::busybox(Compression::Gzip).expect("building the busybox fixture");
+    stack
+        .import(&image, &["--snapshotter", "strata"])
+        .expect("importing busybox");
+    assert!(
+        stack.differ_applied() > 0,
+        "no layer went through strata-differ"
+    );
+    let id = unique_name("metrics");
+    let out = ctd.ctr_ok(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        "strata",
+        &image.name,
+        &id,
+        "/bin/echo",
+        "metrics-ok",
+    ]);
+    assert!(out.contains("metrics-ok"), "container said {out:?}");
+
+    // A call that fails, straight to strata-content, with a trace context as OpenTelemetry's
+    // gRPC instrumentation sends it.
+    let missing = format!("sha256:{}", "ab".repeat(32));
+    let traceparent = format!("00-{TRACE_ID}-1a2b3c4d5e6f7081-01");
+    let code = info_with_traceparent(
+        stack
+            .plugins
+            .get(PluginKind::Content)
+            .expect("content runs")
+            .socket(),
+        ctd.namespace(),
+        &missing,
+        &traceparent,
+    );
+    assert_eq!(code, tonic::Code::NotFound);
+    // containerd removes a container's snapshot from the backend in its GC.
+    stack.collect_garbage().expect("garbage collection");
+
+    // strata-snapshotter
+    let snap = Scrape::unix(&snap_metrics);
+    for method in ["Prepare", "Commit", "Mounts", "Remove"] {
+        snap.assert_positive(
+            "strata_snapshotter_requests_total",
+            &[("method", method), ("code", "OK")],
+        );
+    }
+    snap.assert_positive(
+        "strata_snapshotter_request_duration_seconds_count",
+        &[("method", "Prepare")],
+    );
+    snap.assert_positive("strata_snapshotter_snapshots", &[("kind", "committed")]);
+
+    // strata-content
+    let content = Scrape::unix(&content_metrics);
+    for method in ["Write", "Info", "Read"] {
+        content.assert_positive(
+            "strata_content_requests_total",
+            &[("method", method), ("code", "OK")],
+        );
+    }
+    assert_eq!(
+        content.value(
+            "strata_content_requests_total",
+            &[("method", "Info"), ("code", "NotFound")]
+        ),
+        Some(1.0),
+        "the failed Info counted once as NotFound\n{}",
+        content.text
+    );
+    content.assert_positive("strata_content_ingested_bytes_total", &[]);
+    content.assert_positive("strata_content_read_bytes_total", &[]);
+    content.assert_positive("strata_content_blobs", &[]);
+    content.assert_positive("strata_content_blob_bytes", &[]);
+    assert_eq!(
+        content.value("strata_content_ingests_in_flight", &[]),
+        Some(0.0),
+        "every ingest committed\n{}",
+        content.text
+    );
+
+    // strata-differ, on TCP
+    let differ = Scrape::tcp(differ_port);
+    differ.assert_positive(
+        "strata_differ_requests_total",
+        &[("method", "Apply"), ("code", "OK")],
+    );
+    // The harness gives the differ no content_root here: blobs come from containerd.
+    differ.assert_positive(
+        "strata_differ_layers_applied_total",
+        &[("media_type", GZIP_LAYER), ("source", "content_service")],
+    );
+    differ.assert_positive("strata_differ_applied_bytes_total", &[]);
+
+    // The trace context reached strata-content's span for that call, with its outcome.
+    let log = stack
+        .plugins
+        .get(PluginKind::Content)
+        .expect("content runs")
+        .log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("rpc finished") && l.contains(TRACE_ID))
+        .unwrap_or_else(|| panic!("no span with trace id {TRACE_ID} in strata-content's log"));
+    for want in [
+        "method=\"Info\"",
+        &format!("digest={missing}"),
+        "parent_span_id=\"1a2b3c4d5e6f7081\"",
+        "code=\"NotFound\"",
+        &format!("namespace=\"{}\"", ctd.namespace()),
+    ] {
+        assert!(line.contains(want), "{want} not in {line}");
+    }
+}
+
+/// Info of `digest` on strata-content at `socket`, with `traceparent` in the metadata; the
+/// gRPC code it ended with.
+fn info_with_traceparent(
+    socket: &Path,
+    namespace: &str,
+    digest: &str,
+    traceparent: &str,
+) -> tonic::Code {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut client = ContentClient::new(unix_channel(socket));
+        let mut req = tonic::Request::new(InfoRequest {
+            digest: digest.to_string(),
+        });
+        let md = req.metadata_mut();
+        md.insert("traceparent", traceparent.parse().expect("ascii"));
+        md.insert("containerd-namespace", namespace.parse().expect("ascii"));
+        match client.info(req).await {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        }
+    })
+}
+
+/// A TCP port nothing listens on now (bound and released; the plugin binds it right after).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// One scrape of a metrics endpoint.
+struct Scrape {
+    text: String,
+}
+
+impl Scrape {
+    fn unix(path: &Path) -> Scrape {
+        let s = std::os::unix::net::UnixStream::connect(path)
+            .unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
+        Scrape::get(s)
+    }
+
+    fn tcp(port: u16) -> Scrape {
+        let s = std::net::TcpStream::connect(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("connect 127.0.0.1:{port}: {e}"));
+        Scrape::get(s)
+    }
+
+    /// `GET /metrics` over HTTP/1.0 (the server closes the connection after the answer).
+    fn get<S: Read + Write>(mut s: S) -> Scrape {
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .expect("send request");
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).expect("read answer");
+        let (head, body) = answer
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
+        assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: text/plain; version=0.0.4"),
+            "{head}"
+        );
+        Scrape {
+            text: body.to_string(),
+        }
+    }
+
+    /// The value of the sample `name` whose labels include `labels`.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.text.lines().find_map(|line| {
+            if line.starts_with('#') {
+                return None;
+            }
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, series_labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            if series_name != name {
+                return None;
+            }
+            let have: Vec<(&str, &str)> = series_labels
+                .split("\",")
+                .filter(|p| !p.is_empty())
+                .filter_map(|p| {
+                    let (k, v) = p.split_once("=\"")?;
+                    Some((k, v.trim_end_matches('"')))
+                })
+                .collect();
+            labels
+                .iter()
+                .all(|l| have.contains(l))
+                .then(|| value.parse().ok())
+                .flatten()
+        })
+    }
+
+    fn assert_positive(&self, name: &str, labels: &[(&str, &str)]) {
+        match self.value(name, labels) {
+            Some(v) if v > 0.0 => {}
+            other => panic!("{name}{labels:?} is {other:?}, want > 0 in\n{}", self.text),
+        }
+    }
+}
