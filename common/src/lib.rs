@@ -8,6 +8,7 @@ pub mod client;
 pub mod crashpoint;
 pub mod error;
 pub mod fieldpath;
+pub mod memory;
 pub mod filter;
 pub mod metrics;
 pub mod mount;

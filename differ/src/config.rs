@@ -45,6 +45,11 @@ pub struct DifferConfig {
     pub gzip_level: u32,
     #[serde(default = "default_zstd_level")]
     pub zstd_level: i32,
+    /// Applies and Diffs run at once; more wait their turn. Each holds a few MiB of buffers
+    /// and keeps a core busy, so a burst of requests (many pods starting) would otherwise
+    /// grow memory without making the burst finish sooner. 0: twice the CPUs.
+    #[serde(default)]
+    pub max_concurrent: usize,
 }
 
 fn default_gzip_level() -> u32 {
@@ -56,6 +61,14 @@ fn default_zstd_level() -> i32 {
 }
 
 impl DifferConfig {
+    /// [`DifferConfig::max_concurrent`] with 0 resolved.
+    pub fn concurrency(&self) -> usize {
+        match self.max_concurrent {
+            0 => 2 * std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
     pub fn levels(&self) -> crate::compress::Levels {
         crate::compress::Levels {
             gzip: self.gzip_level,
@@ -71,6 +84,7 @@ impl Default for DifferConfig {
             fallback_namespace: None,
             content_root: None,
             gzip_level: default_gzip_level(),
+            max_concurrent: 0,
             zstd_level: default_zstd_level(),
         }
     }

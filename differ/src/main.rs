@@ -86,6 +86,7 @@ fn main() -> ExitCode {
             let metrics = std::sync::Arc::new(DifferMetrics::register(registry));
             let service = DiffService::new(applier, comparer)
                 .with_metrics(metrics)
+                .with_concurrency(config.differ.concurrency())
                 .into_server();
             Ok(Box::new(move |router| router.add_service(service)))
         },
