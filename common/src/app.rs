@@ -46,12 +46,6 @@ where
         };
     }
     let server = config.server();
-    if let Err(e) = crate::telemetry::init(&server.log_level, server.log_format) {
-        return fail(name, &e);
-    }
-    if let Err(e) = std::fs::create_dir_all(&server.root) {
-        return fail(name, &format!("create root {}: {e}", server.root.display()));
-    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all().thread_name(name);
     if let Some(n) = server.worker_threads.filter(|&n| n > 0) {
@@ -61,6 +55,23 @@ where
         Ok(rt) => rt,
         Err(e) => return fail(name, &format!("start runtime: {e}")),
     };
+    // The OTLP exporter's gRPC channel lives on this runtime.
+    let telemetry = {
+        let _entered = runtime.enter();
+        crate::telemetry::init(
+            &server.log_level,
+            server.log_format,
+            server.otlp_endpoint.as_deref(),
+            name,
+        )
+    };
+    let telemetry = match telemetry {
+        Ok(t) => t,
+        Err(e) => return fail(name, &e),
+    };
+    if let Err(e) = std::fs::create_dir_all(&server.root) {
+        return fail(name, &format!("create root {}: {e}", server.root.display()));
+    }
     let result = runtime.block_on(async {
         let mut registry = registry_for(name);
         let rpc_metrics = RpcMetrics::register(&mut registry);
@@ -89,6 +100,7 @@ where
             .await
             .map_err(|e| e.to_string())
     });
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

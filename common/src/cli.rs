@@ -35,6 +35,9 @@ pub struct ServerArgs {
     /// Serve Prometheus metrics on this TCP host:port or unix socket path.
     #[arg(long, value_name = "ADDRESS")]
     pub metrics_address: Option<MetricsAddress>,
+    /// Export spans to this OTLP/gRPC collector (http://host:port).
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -64,6 +67,11 @@ pub struct ServerConfig {
     /// socket path (made with `socket_mode` and `socket_gid`). Unset: no metrics endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_address: Option<MetricsAddress>,
+    /// An OTLP/gRPC collector (`http://host:port`, e.g. an OpenTelemetry Collector or Jaeger on
+    /// 4317) to export each call's span to, as a child of the caller's `traceparent`. Unset:
+    /// spans are only logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
 }
 
 impl ServerConfig {
@@ -79,6 +87,7 @@ impl ServerConfig {
             shutdown_timeout_secs: 10,
             worker_threads: None,
             metrics_address: None,
+            otlp_endpoint: None,
         }
     }
 
@@ -138,8 +147,20 @@ pub enum ConfigError {
     },
     #[error("invalid socket mode {0:?}: want octal permission bits such as 0660")]
     SocketMode(String),
+    #[error(
+        "invalid otlp_endpoint {0:?}: want http://host:port of an OTLP/gRPC collector \
+         (TLS is not built in)"
+    )]
+    OtlpEndpoint(String),
     #[error("render config: {0}")]
     Render(#[from] toml::ser::Error),
+}
+
+/// `http://host:port`: what tonic can dial without TLS.
+fn valid_otlp_endpoint(e: &str) -> bool {
+    e.strip_prefix("http://")
+        .and_then(|rest| rest.trim_end_matches('/').rsplit_once(':'))
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
 }
 
 fn parse_mode(s: &str) -> Result<u32, ConfigError> {
@@ -182,6 +203,14 @@ pub fn load<C: PluginConfig>(args: &ServerArgs, defaults: C) -> Result<C, Config
     }
     if let Some(a) = &args.metrics_address {
         server.metrics_address = Some(a.clone());
+    }
+    if let Some(e) = &args.otlp_endpoint {
+        server.otlp_endpoint = Some(e.clone());
+    }
+    if let Some(e) = &server.otlp_endpoint
+        && !valid_otlp_endpoint(e)
+    {
+        return Err(ConfigError::OtlpEndpoint(e.clone()));
     }
     server.socket_mode_bits()?;
     if server.worker_threads.is_none() {
@@ -355,6 +384,39 @@ mod tests {
         let err = load(&args, defaults()).unwrap_err().to_string();
         assert!(err.contains("invalid metrics address"), "{err}");
         assert!(err.contains(&path.display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn otlp_endpoint_must_be_a_plain_http_url() {
+        assert_eq!(
+            load(&ServerArgs::default(), defaults())
+                .unwrap()
+                .server
+                .otlp_endpoint,
+            None
+        );
+        let with = |e: &str| ServerArgs {
+            otlp_endpoint: Some(e.to_string()),
+            ..Default::default()
+        };
+        for ok in ["http://127.0.0.1:4317", "http://collector.internal:4317/"] {
+            let c = load(&with(ok), defaults()).unwrap();
+            assert_eq!(c.server.otlp_endpoint.as_deref(), Some(ok));
+        }
+        for bad in [
+            "127.0.0.1:4317",
+            "https://c:4317",
+            "http://c",
+            "http://:4317",
+        ] {
+            assert!(
+                matches!(
+                    load(&with(bad), defaults()),
+                    Err(ConfigError::OtlpEndpoint(_))
+                ),
+                "{bad} accepted"
+            );
+        }
     }
 
     #[test]

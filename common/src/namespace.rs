@@ -57,9 +57,11 @@ impl RequestContext {
             .ok_or_else(|| Error::failed_precondition("namespace is required"))
     }
 
-    /// Copies the namespace and lease onto an outgoing request.
+    /// Copies the namespace and lease onto an outgoing request, and the current trace
+    /// context when spans are exported ([`crate::rpc::inject_trace_context`]).
     pub fn apply<T>(&self, req: &mut tonic::Request<T>) -> Result<()> {
         let md = req.metadata_mut();
+        crate::rpc::inject_trace_context(md);
         for (name, value) in [
             (NAMESPACE_HEADER, &self.namespace),
             (LEASE_HEADER, &self.lease),

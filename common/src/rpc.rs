@@ -16,6 +16,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -24,6 +26,7 @@ use prometheus_client::registry::{Registry, Unit};
 use tower::{Layer, Service};
 use tracing::Span;
 use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::namespace::NAMESPACE_HEADER;
 
@@ -153,6 +156,44 @@ impl TraceParent {
             sampled: flags & 1 == 1,
         })
     }
+}
+
+/// Reads the W3C trace context of an incoming call from its HTTP/2 headers.
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+/// Writes a trace context into an outgoing call's metadata.
+struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+
+impl Injector for MetadataInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(k), Ok(v)) = (
+            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+            value.parse(),
+        ) {
+            self.0.insert(k, v);
+        }
+    }
+}
+
+/// Puts the current span's trace context (`traceparent`) on an outgoing call, so the server
+/// it goes to (containerd, another strata server) continues the trace. Only while spans are
+/// exported over OTLP: otherwise there is no span id anyone could look up.
+pub fn inject_trace_context(md: &mut tonic::metadata::MetadataMap) {
+    if !crate::telemetry::otlp_export() {
+        return;
+    }
+    let cx = Span::current().context();
+    TraceContextPropagator::new().inject_context(&cx, &mut MetadataInjector(md));
 }
 
 /// Records the snapshot key a call is about in its span (see [`RpcLayer`]).
@@ -321,10 +362,22 @@ where
             trace_id = Empty,
             parent_span_id = Empty,
             code = Empty,
+            otel.name = Empty,
+            otel.kind = Empty,
         );
         if let Some(t) = &trace {
             span.record("trace_id", t.trace_id.as_str());
             span.record("parent_span_id", t.parent_id.as_str());
+        }
+        if crate::telemetry::otlp_export() {
+            // The exported span is named as OpenTelemetry's gRPC conventions name it, and is a
+            // child of the caller's span (none without a valid traceparent).
+            span.record("otel.name", req.uri().path().trim_start_matches('/'));
+            span.record("otel.kind", "server");
+            let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+            if let Err(e) = span.set_parent(parent) {
+                tracing::debug!(error = %e, "cannot parent the call's span");
+            }
         }
         let mut state = CallState {
             span: span.clone(),
