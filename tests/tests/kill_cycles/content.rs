@@ -467,12 +467,12 @@ async fn write_blob(
     .map_err(|_| Status::unavailable("write stream closed"))?;
     let mut rx = match c.write(ReceiverStream::new(rx)).await {
         Ok(r) => r.into_inner(),
-        Err(e) => return Err(back_to_abandoned(model, id, &b, e)),
+        Err(e) => return back_to_abandoned(model, id, &b, e),
     };
     let first = match rx.message().await {
         Ok(Some(m)) => m,
         Ok(None) => return Err(Status::unavailable("write stream ended")),
-        Err(e) => return Err(back_to_abandoned(model, id, &b, e)),
+        Err(e) => return back_to_abandoned(model, id, &b, e),
     };
     let mut w = WriteStream { tx, rx };
     let mut offset = first.offset;
@@ -534,10 +534,13 @@ async fn write_blob(
 }
 
 /// A resume refused at once (its ref still locked by the stream that left it, or the server
-/// gone) leaves the ingest as it was.
-fn back_to_abandoned(model: &Shared, id: usize, b: &Blob, e: Status) -> Status {
+/// gone) leaves the ingest as it was; a locked ref is tried again later.
+fn back_to_abandoned(model: &Shared, id: usize, b: &Blob, e: Status) -> Result<(), Status> {
     if b.acked > 0 {
         lock(model).blobs[id].state = State::Abandoned;
     }
-    e
+    if e.code() == Code::Unavailable && e.message().contains("locked") {
+        return Ok(());
+    }
+    Err(e)
 }
