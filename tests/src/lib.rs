@@ -16,6 +16,7 @@ pub mod health;
 pub mod ids;
 pub mod install;
 pub mod logs;
+pub mod metrics;
 pub mod plugins;
 pub mod process;
 pub mod proxy;

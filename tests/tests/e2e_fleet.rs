@@ -20,6 +20,7 @@ use strata_testkit::Compression;
 use strata_testkit::image::{Image, ImageBuilder};
 use strata_testkit::layer::Layer;
 use strata_testkit::tree::file;
+use strata_tests::metrics::Scrape;
 use strata_tests::registry::{Registry, Request};
 use strata_tests::tmp::TestDir;
 use strata_tests::wait::until;
@@ -70,9 +71,19 @@ fn start_node(
     std::fs::write(&config, content_config(cluster, garage_node, prefix, node)).unwrap();
     let options = StackOptions::full().with_plugin_args(
         PluginKind::Content,
-        [OsString::from("--config"), config.into_os_string()],
+        [
+            OsString::from("--config"),
+            config.into_os_string(),
+            OsString::from("--metrics-address"),
+            metrics_socket(dir, node).into_os_string(),
+        ],
     );
     Stack::start(version, &options).unwrap_or_else(|e| panic!("starting node {node}: {e}"))
+}
+
+/// Where node `node`'s strata-content serves its metrics.
+fn metrics_socket(dir: &Path, node: &str) -> PathBuf {
+    dir.join(format!("content-{node}-metrics.sock"))
 }
 
 /// busybox (gzip) plus a zstd layer holding `token` in `/strata-fleet`.
@@ -269,6 +280,22 @@ fn fleet(version: Version) {
         );
     }
     run(&b, "b");
+
+    // Each node's metrics tell the same story: A uploaded the blobs, B downloaded them into
+    // its cache.
+    let metrics_a = Scrape::unix(&metrics_socket(dir.path(), "a"));
+    metrics_a.assert_positive(
+        "strata_content_object_store_requests_total",
+        &[("op", "PUT")],
+    );
+    metrics_a.assert_positive("strata_content_object_store_uploaded_bytes_total", &[]);
+    let metrics_b = Scrape::unix(&metrics_socket(dir.path(), "b"));
+    metrics_b.assert_positive(
+        "strata_content_object_store_requests_total",
+        &[("op", "GET")],
+    );
+    metrics_b.assert_positive("strata_content_object_store_downloaded_bytes_total", &[]);
+    metrics_b.assert_positive("strata_content_cache_bytes", &[]);
 
     // 3. A lets go of the image: its cache and markers go, the blobs stay for B, also past
     // the grace period.

@@ -22,6 +22,7 @@ use strata_common::error::ErrorKind;
 use strata_common::{Error, Result};
 
 use crate::digest::Digest;
+use crate::metrics::OBJECT_STORE;
 
 /// Object metadata the backend uses.
 #[derive(Clone, Debug)]
@@ -136,23 +137,25 @@ impl Remote {
         )
     }
 
-    /// Runs `fut` on the object store's runtime and waits for it, at most the deadline.
+    /// Runs `fut` on the object store's runtime and waits for it, at most the deadline;
+    /// counted as one request `what` (HEAD, GET, PUT, DELETE, LIST).
     pub fn run<T: Send + 'static>(
         &self,
-        what: &str,
+        what: &'static str,
         key: &str,
         fut: impl Future<Output = object_store::Result<T>> + Send + 'static,
     ) -> Result<Option<T>> {
         let Some(rt) = self.rt.as_ref() else {
             return Err(self.fail(what, key, "shut down"));
         };
+        OBJECT_STORE.request(what);
         let deadline = self.deadline;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         rt.spawn(async move {
             let r = tokio::time::timeout(deadline, fut).await;
             let _ = tx.send(r);
         });
-        match rx.recv() {
+        let r = match rx.recv() {
             Ok(Ok(Ok(v))) => Ok(Some(v)),
             Ok(Ok(Err(object_store::Error::NotFound { .. }))) => Ok(None),
             Ok(Ok(Err(e))) => Err(self.fail(what, key, e)),
@@ -162,7 +165,11 @@ impl Remote {
                 format!("no answer within {}s", deadline.as_secs()),
             )),
             Err(_) => Err(self.fail(what, key, "request task ended")),
+        };
+        if r.is_err() {
+            OBJECT_STORE.error(what);
         }
+        r
     }
 
     fn key(k: &str) -> Key {
@@ -184,21 +191,28 @@ impl Remote {
     pub fn get(&self, key: &str) -> Result<Option<Bytes>> {
         let store = self.store.clone();
         let k = Self::key(key);
-        self.run("GET", key, async move {
+        let got = self.run("GET", key, async move {
             match store.get(&k).await {
                 Ok(r) => r.bytes().await,
                 Err(e) => Err(e),
             }
-        })
+        })?;
+        if let Some(b) = &got {
+            OBJECT_STORE.downloaded(b.len() as u64);
+        }
+        Ok(got)
     }
 
     pub fn put_small(&self, key: &str, data: Bytes) -> Result<()> {
         let store = self.store.clone();
         let k = Self::key(key);
+        let len = data.len() as u64;
         self.run("PUT", key, async move {
             store.put(&k, PutPayload::from(data)).await.map(|_| ())
         })?
-        .ok_or_else(|| self.fail("PUT", key, "not found"))
+        .ok_or_else(|| self.fail("PUT", key, "not found"))?;
+        OBJECT_STORE.uploaded(len);
+        Ok(())
     }
 
     /// Deletes `key`; absent is fine.
@@ -233,8 +247,11 @@ impl Remote {
     pub fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
         let store = self.store.clone();
         let k = Self::key(key);
-        self.run("GET", key, async move { store.get_range(&k, range).await })?
-            .ok_or_else(|| Error::not_found(format!("object {key} in {}", self.describe)))
+        let got = self
+            .run("GET", key, async move { store.get_range(&k, range).await })?
+            .ok_or_else(|| Error::not_found(format!("object {key} in {}", self.describe)))?;
+        OBJECT_STORE.downloaded(got.len() as u64);
+        Ok(got)
     }
 
     /// Starts fetching `range` of `key` without waiting (for read-ahead).
@@ -250,23 +267,33 @@ impl Remote {
         let store = self.store.clone();
         let k = Self::key(key);
         let (key, describe, deadline) = (key.to_string(), self.describe.clone(), self.deadline);
+        OBJECT_STORE.request("GET");
         rt.spawn(async move {
             let r = match tokio::time::timeout(deadline, store.get_range(&k, range)).await {
-                Ok(Ok(b)) => Ok(b),
+                Ok(Ok(b)) => {
+                    OBJECT_STORE.downloaded(b.len() as u64);
+                    Ok(b)
+                }
                 Ok(Err(object_store::Error::NotFound { .. })) => {
                     Err(Error::not_found(format!("object {key} in {describe}")))
                 }
-                Ok(Err(e)) => Err(Error::new(
-                    ErrorKind::Internal,
-                    format!("object store {describe}: GET {key}: {e}"),
-                )),
-                Err(_) => Err(Error::new(
-                    ErrorKind::Internal,
-                    format!(
-                        "object store {describe}: GET {key}: no answer within {}s",
-                        deadline.as_secs()
-                    ),
-                )),
+                Ok(Err(e)) => {
+                    OBJECT_STORE.error("GET");
+                    Err(Error::new(
+                        ErrorKind::Internal,
+                        format!("object store {describe}: GET {key}: {e}"),
+                    ))
+                }
+                Err(_) => {
+                    OBJECT_STORE.error("GET");
+                    Err(Error::new(
+                        ErrorKind::Internal,
+                        format!(
+                            "object store {describe}: GET {key}: no answer within {}s",
+                            deadline.as_secs()
+                        ),
+                    ))
+                }
             };
             let _ = tx.send(r);
         });
@@ -297,6 +324,7 @@ impl Remote {
             return Err(self.fail("upload", key, "shut down"));
         };
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        OBJECT_STORE.request("PUT_MULTIPART");
         rt.spawn(async move {
             let r = tokio::time::timeout(deadline, async move {
                 let upload = store.put_multipart(&k).await?;
@@ -343,7 +371,7 @@ impl Remote {
             .await;
             let _ = tx.send(r);
         });
-        match rx.recv() {
+        let r = match rx.recv() {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(e))) => Err(self.fail("multipart upload", key, e)),
             Ok(Err(_)) => Err(self.fail(
@@ -352,7 +380,12 @@ impl Remote {
                 format!("not done within {}s", deadline.as_secs()),
             )),
             Err(_) => Err(self.fail("multipart upload", key, "upload task ended")),
+        };
+        match &r {
+            Ok(()) => OBJECT_STORE.uploaded(size),
+            Err(_) => OBJECT_STORE.error("PUT_MULTIPART"),
         }
+        r
     }
 }
 
@@ -409,5 +442,41 @@ mod tests {
         r.delete("p/obj").unwrap();
         r.delete("p/obj").unwrap();
         assert!(r.list("p").unwrap().is_empty());
+    }
+
+    #[test]
+    fn requests_and_bytes_are_counted() {
+        // The counters are the process's: other tests add to them meanwhile, never take away.
+        let (down0, up0) = OBJECT_STORE.bytes();
+        let (puts0, multi0, gets0) = (
+            OBJECT_STORE.requests_of("PUT"),
+            OBJECT_STORE.requests_of("PUT_MULTIPART"),
+            OBJECT_STORE.requests_of("GET"),
+        );
+        let store = Arc::new(object_store::memory::InMemory::new());
+        let r = Remote::new(store, "m", "mem".into(), Duration::from_secs(5)).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let data = vec![7u8; (5 << 20) + 3];
+        let path = tmp.path().join("f");
+        std::fs::write(&path, &data).unwrap();
+        let f = File::open(&path).unwrap();
+        let multipart = UploadShape {
+            multipart_threshold: 1,
+            part_bytes: 5 << 20,
+            concurrency: 2,
+        };
+        r.upload("m/big", &f, data.len() as u64, multipart).unwrap();
+        r.put_small("m/small", Bytes::from_static(b"abc")).unwrap();
+        assert_eq!(r.get_range("m/big", 0..10).unwrap().len(), 10);
+        let spawned = r.spawn_range("m/big", 10..30).unwrap();
+        assert_eq!(spawned.recv().unwrap().unwrap().len(), 20);
+        assert_eq!(r.get("m/small").unwrap().unwrap().as_ref(), b"abc");
+
+        let (down, up) = OBJECT_STORE.bytes();
+        assert!(up - up0 >= data.len() as u64 + 3, "uploaded {}", up - up0);
+        assert!(down - down0 >= 10 + 20 + 3, "downloaded {}", down - down0);
+        assert!(OBJECT_STORE.requests_of("PUT") > puts0);
+        assert!(OBJECT_STORE.requests_of("PUT_MULTIPART") > multi0);
+        assert!(OBJECT_STORE.requests_of("GET") >= gets0 + 3);
     }
 }
