@@ -35,6 +35,8 @@ pub mod whiteout;
 #[cfg(test)]
 mod diff_tests;
 #[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
 mod tests;
 
 pub use apply::{Applied, Applier, apply_reader};

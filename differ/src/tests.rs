@@ -18,7 +18,7 @@ use crate::fetch::Verified;
 use crate::media;
 use crate::resolve::{Root, openat2_in_root};
 
-fn bind(dir: &Path) -> Mount {
+pub(crate) fn bind(dir: &Path) -> Mount {
     Mount::bind(dir, false)
 }
 
@@ -40,7 +40,7 @@ fn overlay(upper: &Path, work: &Path, lowers: &[PathBuf]) -> Mount {
     }
 }
 
-fn apply_blob(layer: &Layer, blob: Vec<u8>, mounts: &[Mount]) -> Result<Applied> {
+pub(crate) fn apply_blob(layer: &Layer, blob: Vec<u8>, mounts: &[Mount]) -> Result<Applied> {
     let scratch = tempfile::tempdir().unwrap();
     let verified = Verified::new(Cursor::new(blob), &layer.digest, layer.size)?;
     apply_reader(
