@@ -11,6 +11,7 @@ packages=(
   runc busybox-static zstd   # containers and fixtures in the end-to-end tests
   docker-registry            # a local registry on 127.0.0.1 for pull/push tests
   e2fsprogs util-linux       # loop-mounted ext4 for benchmarks, mount/umount
+  xfsprogs qemu-system-x86   # size-limit tests in a VM with project quotas (quota-vm.sh)
   systemd                    # systemd-socket-activate in the server lifecycle tests
   ca-certificates gcc make pkg-config  # -sys crates build C code
   nasm autoconf automake libtool       # isal-sys builds ISA-L (the differ's gzip inflate)

@@ -6,7 +6,8 @@
 //! file the container creates, and every file overlayfs copies up (built in the work dir, then
 //! renamed into the upper dir: both must share the project or the rename fails with EXDEV),
 //! counts against it; the project's block limit is the snapshot's size. Past it the file
-//! system answers ENOSPC. Removing the snapshot deletes its files and clears the limit.
+//! system refuses writes (ENOSPC on xfs, EDQUOT on ext4). Removing the snapshot deletes its
+//! files and clears the limit.
 //!
 //! The calls are `quotactl_fd(2)` (Linux 5.14+, on any open file of the file system, so no
 //! block device node is needed) and the `FS_IOC_FS[GS]ETXATTR` ioctls.
@@ -204,12 +205,19 @@ impl Quotas {
     /// Project `id`'s limit and usage.
     pub fn get(&self, id: u32) -> std::io::Result<ProjectQuota> {
         let mut q = FsDiskQuota::default();
-        quotactl_fd(
+        match quotactl_fd(
             &self.fs,
             qcmd(Q_XGETQUOTA, PRJQUOTA),
             id,
             (&mut q as *mut FsDiskQuota).cast(),
-        )?;
+        ) {
+            Ok(()) => {}
+            // xfs keeps no record of a project without limits or usage.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                return Ok(ProjectQuota::default());
+            }
+            Err(e) => return Err(e),
+        }
         Ok(ProjectQuota {
             limit_bytes: q.d_blk_hardlimit * 512,
             used_bytes: q.d_bcount * 512,
