@@ -74,6 +74,20 @@ fn main() -> ExitCode {
                 }
             }
             let scratch = config.server.root.join("mounts");
+            // A killed predecessor's mounts would stay forever (and pin what they show).
+            match strata_differ::target::reap_scratch(&scratch) {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(
+                    removed = n,
+                    scratch = %scratch.display(),
+                    "removed mounts an interrupted Apply or Diff left behind"
+                ),
+                Err(e) => tracing::warn!(
+                    scratch = %scratch.display(),
+                    error = %e,
+                    "cannot look for mounts an interrupted Apply or Diff left behind"
+                ),
+            }
             let comparer = Comparer::new(
                 fetcher.clone(),
                 Uploader::new(channel.clone()),

@@ -154,6 +154,7 @@ impl TempMount {
             })?;
             tm.mounted += 1;
         }
+        strata_common::crashpoint::hit("differ.temp_mount.mounted");
         Ok(tm)
     }
 
@@ -182,12 +183,76 @@ impl Drop for TempMount {
     }
 }
 
+/// Undoes what a killed process left on `scratch`: unmounts every mount below it (stacked
+/// ones too, deepest first) and removes the then empty directories. Directories are only
+/// ever removed one by one and empty, so a mount that would not go keeps what it shows.
+/// Returns how many directories were removed.
+pub fn reap_scratch(scratch: &Path) -> Result<usize> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| Error::io("read /proc/self/mountinfo", e))?;
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+        .filter(|p| p.starts_with(scratch) && p != scratch)
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in &points {
+        if let Err(e) = unmount(p) {
+            warn!(path = %p.display(), error = %e, "cannot unmount what a previous run left");
+        }
+    }
+    let entries = match std::fs::read_dir(scratch) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io(format!("read {}", scratch.display()), e)),
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        match std::fs::remove_dir(entry.path()) {
+            Ok(()) => removed += 1,
+            Err(e) => {
+                warn!(path = %entry.path().display(), error = %e, "left on the scratch directory")
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// mountinfo writes space, tab, newline and backslash in paths as octal escapes.
+fn unescape_mountinfo(p: &str) -> String {
+    p.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn mount(t: &str, source: &str, options: &[&str]) -> Mount {
         Mount::new(t, source, options)
+    }
+
+    #[test]
+    fn reap_scratch_unmounts_stacked_mounts_and_removes_only_empty_dirs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (scratch, src) = (tmp.path().join("mounts"), tmp.path().join("src"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("kept"), "k").unwrap();
+        let bind = Mount::bind(&src, true);
+        // What a process killed with two mounts stacked on one directory leaves.
+        let tm = TempMount::mount(&[bind.clone(), bind], &scratch).unwrap();
+        let dir = tm.dir().to_path_buf();
+        std::mem::forget(tm);
+        std::fs::create_dir(scratch.join("not-empty")).unwrap();
+        std::fs::write(scratch.join("not-empty/f"), "f").unwrap();
+        assert_eq!(reap_scratch(&scratch).unwrap(), 1);
+        assert!(!dir.exists());
+        assert!(scratch.join("not-empty/f").exists(), "only empty dirs go");
+        assert_eq!(std::fs::read_to_string(src.join("kept")).unwrap(), "k");
+        assert_eq!(reap_scratch(&tmp.path().join("absent")).unwrap(), 0);
     }
 
     #[test]
