@@ -12,6 +12,8 @@
 
 #[path = "kill_cycles/content.rs"]
 mod content;
+#[path = "kill_cycles/differ.rs"]
+mod differ;
 #[path = "kill_cycles/rng.rs"]
 mod rng;
 #[path = "kill_cycles/snapshots.rs"]
@@ -74,4 +76,9 @@ fn content_store_survives_kill_cycles() {
 #[test]
 fn snapshotter_survives_kill_cycles() {
     snapshots::run();
+}
+
+#[test]
+fn differ_survives_kill_cycles() {
+    differ::run();
 }
