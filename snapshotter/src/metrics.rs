@@ -45,8 +45,12 @@ impl Collector for SnapshotCounts {
                 Kind::View => 2,
             }] += 1;
         }
-        let mut family =
-            encoder.encode_descriptor("snapshots", "Snapshots by kind.", None, MetricType::Gauge)?;
+        let mut family = encoder.encode_descriptor(
+            "snapshots",
+            "Snapshots by kind.",
+            None,
+            MetricType::Gauge,
+        )?;
         for (kind, n) in ["committed", "active", "view"].iter().zip(counts) {
             let labels = [("kind", *kind)];
             ConstGauge::new(n).encode(family.encode_family(&labels)?)?;
