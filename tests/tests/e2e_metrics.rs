@@ -179,6 +179,54 @@ fn metrics_and_trace_context(version: Version) {
     }
 }
 
+#[test]
+fn layers_read_from_blob_files_containerd_1_7() {
+    layers_read_from_blob_files(Version::V1_7);
+}
+
+#[test]
+fn layers_read_from_blob_files_containerd_2() {
+    layers_read_from_blob_files(Version::V2);
+}
+
+/// With containerd's own content store and the differ given its directory, Apply reads layer
+/// blobs from disk: counted under `source="blob_file"`, none under `content_service`.
+fn layers_read_from_blob_files(version: Version) {
+    let port = free_port();
+    let mut options = StackOptions::smoke().with_plugin_args(
+        PluginKind::Differ,
+        ["--metrics-address".to_string(), format!("127.0.0.1:{port}")],
+    );
+    options.differ_reads_blob_files = true;
+    let stack = Stack::start(version, &options).expect("starting plugins and containerd");
+    let image =
+        strata_testkit::fixtures::busybox(Compression::Gzip).expect("building the busybox fixture");
+    stack
+        .import(&image, &["--snapshotter", "strata"])
+        .expect("importing busybox");
+    let applied = stack.differ_applied();
+    assert!(applied > 0, "no layer went through strata-differ");
+    let differ = Scrape::tcp(port);
+    assert_eq!(
+        differ.value(
+            "strata_differ_layers_applied_total",
+            &[("media_type", GZIP_LAYER), ("source", "blob_file")]
+        ),
+        Some(applied as f64),
+        "every layer the differ logged as applied, counted as read from its file\n{}",
+        differ.text
+    );
+    assert_eq!(
+        differ.value(
+            "strata_differ_layers_applied_total",
+            &[("source", "content_service")]
+        ),
+        None,
+        "{}",
+        differ.text
+    );
+}
+
 /// Info of `digest` on strata-content at `socket`, with `traceparent` in the metadata; the
 /// gRPC code it ended with.
 fn info_with_traceparent(
