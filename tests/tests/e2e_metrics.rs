@@ -35,7 +35,6 @@ fn metrics_and_trace_context(version: Version) {
     let dir = tempfile::tempdir().expect("temp dir");
     let snap_metrics = dir.path().join("snapshotter-metrics.sock");
     let content_metrics = dir.path().join("content-metrics.sock");
-    let differ_port = free_port();
     let options = StackOptions::full()
         .with_plugin_args(
             PluginKind::Snapshotter,
@@ -51,13 +50,7 @@ fn metrics_and_trace_context(version: Version) {
                 content_metrics.clone().into_os_string(),
             ],
         )
-        .with_plugin_args(
-            PluginKind::Differ,
-            [
-                "--metrics-address".to_string(),
-                format!("127.0.0.1:{differ_port}"),
-            ],
-        );
+        .with_plugin_args(PluginKind::Differ, ["--metrics-address", "127.0.0.1:0"]);
     let stack = Stack::start(version, &options).expect("starting plugins and containerd");
     let ctd = &stack.containerd;
 
@@ -146,7 +139,7 @@ fn metrics_and_trace_context(version: Version) {
     );
 
     // strata-differ, on TCP
-    let differ = Scrape::tcp(differ_port);
+    let differ = Scrape::tcp(metrics_port(&stack, PluginKind::Differ));
     differ.assert_positive(
         "strata_differ_requests_total",
         &[("method", "Apply"), ("code", "OK")],
@@ -192,11 +185,8 @@ fn layers_read_from_blob_files_containerd_2() {
 /// With containerd's own content store and the differ given its directory, Apply reads layer
 /// blobs from disk: counted under `source="blob_file"`, none under `content_service`.
 fn layers_read_from_blob_files(version: Version) {
-    let port = free_port();
-    let mut options = StackOptions::smoke().with_plugin_args(
-        PluginKind::Differ,
-        ["--metrics-address".to_string(), format!("127.0.0.1:{port}")],
-    );
+    let mut options = StackOptions::smoke()
+        .with_plugin_args(PluginKind::Differ, ["--metrics-address", "127.0.0.1:0"]);
     options.differ_reads_blob_files = true;
     let stack = Stack::start(version, &options).expect("starting plugins and containerd");
     let image =
@@ -206,7 +196,7 @@ fn layers_read_from_blob_files(version: Version) {
         .expect("importing busybox");
     let applied = stack.differ_applied();
     assert!(applied > 0, "no layer went through strata-differ");
-    let differ = Scrape::tcp(port);
+    let differ = Scrape::tcp(metrics_port(&stack, PluginKind::Differ));
     assert_eq!(
         differ.value(
             "strata_differ_layers_applied_total",
@@ -254,10 +244,20 @@ fn info_with_traceparent(
     })
 }
 
-/// A TCP port nothing listens on now (bound and released; the plugin binds it right after).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+/// The TCP port `kind`'s metrics endpoint bound: the servers are given port 0 (no race for a
+/// free port with other tests) and log the port they got.
+fn metrics_port(stack: &Stack, kind: PluginKind) -> u16 {
+    let log = stack.plugins.get(kind).expect("plugin runs").log();
+    log.lines()
+        .find_map(|l| {
+            let (_, rest) = l.split_once("metrics endpoint listening address=")?;
+            let (_, port) = rest.trim().rsplit_once(':')?;
+            port.parse().ok()
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no metrics endpoint in {}'s log:\n{log}",
+                kind.binary_name()
+            )
+        })
 }
