@@ -872,43 +872,49 @@ fn breakout_cases(outside: &Path) -> Vec<Case> {
     ]
 }
 
-#[test]
-fn breakouts_never_leave_the_root() {
-    let outside_only = |t: &Path| {
-        let mut tree = snapshot(t).unwrap();
+/// Gives `run` a fresh `root` (holding `before`) beside a fresh `outside` (a 0400 file whose
+/// mode must not change, a file whose presence shows nothing was deleted), both in `tmp`, and
+/// asserts that nothing but `root` changed.
+pub(crate) fn contained<T>(tmp: &Path, before: &[Change], run: impl FnOnce(&Path) -> T) -> T {
+    let outside_only = || {
+        let mut tree = snapshot(tmp).unwrap();
         tree.retain(|p, _| !p.starts_with("root"));
         tree
     };
+    let (outside, root) = (tmp.join("outside"), tmp.join("root"));
+    for d in [&outside, &root] {
+        let _ = std::fs::remove_dir_all(d);
+        std::fs::create_dir(d).unwrap();
+    }
+    apply(
+        &outside,
+        &tree![file_mode("perm400", "...", 0o400), file("sentinel", "s")],
+    )
+    .unwrap();
+    apply(&root, before).unwrap();
+    let outside_before = outside_only();
+    let out = run(&root);
+    assert_trees_equal(&outside_before, &outside_only());
+    out
+}
+
+#[test]
+fn breakouts_never_leave_the_root() {
     for compression in [Compression::None, Compression::Gzip] {
         let tmp = tempfile::tempdir().unwrap();
-        let outside = tmp.path().join("outside");
-        let cases = breakout_cases(&outside);
+        let cases = breakout_cases(&tmp.path().join("outside"));
         assert!(cases.len() >= 34, "{} cases", cases.len());
         for case in cases {
             let name = case.name;
-            // Fresh each time: a 0400 file whose mode must not change, a file whose presence
-            // shows nothing outside was deleted, and the root as the outside's sibling.
-            let root = tmp.path().join("root");
-            for d in [&outside, &root] {
-                let _ = std::fs::remove_dir_all(d);
-                std::fs::create_dir(d).unwrap();
-            }
-            apply(
-                &outside,
-                &tree![file_mode("perm400", "...", 0o400), file("sentinel", "s")],
-            )
-            .unwrap();
-            apply(&root, &case.before).unwrap();
-            let outside_before = outside_only(tmp.path());
-            let layer = Layer::from_raw(&case.tar, compression).unwrap();
-            let result = apply_layer(&layer, &[bind(&root)]);
-            match (&case.expect, result) {
-                (Ok(check), Ok(_)) => check(&root),
-                (Err(kind), Err(e)) => assert_eq!(e.kind(), *kind, "{name}: {e}"),
-                (Ok(_), Err(e)) => panic!("{name}: apply failed: {e}"),
-                (Err(kind), Ok(_)) => panic!("{name}: applied, expected {kind:?}"),
-            }
-            assert_trees_equal(&outside_before, &outside_only(tmp.path()));
+            contained(tmp.path(), &case.before, |root| {
+                let layer = Layer::from_raw(&case.tar, compression).unwrap();
+                match (&case.expect, apply_layer(&layer, &[bind(root)])) {
+                    (Ok(check), Ok(_)) => check(root),
+                    (Err(kind), Err(e)) => assert_eq!(e.kind(), *kind, "{name}: {e}"),
+                    (Ok(_), Err(e)) => panic!("{name}: apply failed: {e}"),
+                    (Err(kind), Ok(_)) => panic!("{name}: applied, expected {kind:?}"),
+                }
+            });
         }
     }
 }

@@ -213,6 +213,45 @@ pub async fn ingest(
     assert_eq!(last.digest, digest);
 }
 
+/// Stores `data` under ref `r` in one Write stream (STAT, 1 MiB WRITEs, COMMIT with size and
+/// digest, as containerd's pull does), without a namespace; its digest.
+pub async fn write_blob(
+    c: &mut ContentClient<Channel>,
+    r: &str,
+    data: &[u8],
+) -> Result<String, tonic::Status> {
+    let digest = strata_testkit::sha256_digest(data);
+    let msgs = ingest_messages(r, data, &digest);
+    let mut answers = c.write(tokio_stream::iter(msgs)).await?.into_inner();
+    let mut last = None;
+    while let Some(a) = answers.next().await {
+        last = Some(a?);
+    }
+    match last {
+        Some(a) if a.digest == digest => Ok(digest),
+        other => Err(tonic::Status::internal(format!(
+            "commit of {digest} answered {other:?}"
+        ))),
+    }
+}
+
+/// The bytes of blob `d` (one Read call, no namespace).
+pub async fn read_blob(c: &mut ContentClient<Channel>, d: &str) -> Result<Vec<u8>, tonic::Status> {
+    let mut s = c
+        .read(ReadContentRequest {
+            digest: d.to_string(),
+            offset: 0,
+            size: 0,
+        })
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = s.message().await? {
+        out.extend_from_slice(&m.data);
+    }
+    Ok(out)
+}
+
 /// One Read call of `size` bytes (0: to the end) at `off`; how many bytes came back.
 pub async fn read_all(
     c: &mut ContentClient<Channel>,

@@ -9,29 +9,19 @@ use std::os::unix::fs::MetadataExt;
 
 use strata_common::client::unix_channel;
 use strata_proto::content::content_client::ContentClient;
-use strata_proto::content::{WriteAction, WriteContentRequest};
 use strata_proto::diff::ApplyRequest;
 use strata_proto::diff::diff_client::DiffClient;
 use strata_proto::types::{Descriptor, Mount};
 use strata_testkit::Compression;
 use strata_testkit::layer::Layer;
 use strata_testkit::prelude::{Content, file};
+use strata_tests::bench::{peak_rss, write_blob};
 use strata_tests::tmp::TestDir;
 use strata_tests::{PluginKind, StrataProcess};
 
 const INFLATED: u64 = 512 << 20;
 /// The differ's whole peak: it streams in chunks of 1 MiB.
 const PEAK_BOUND: u64 = 128 << 20;
-
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map(|kib| kib << 10)
-        .expect("VmHWM")
-}
 
 #[test]
 fn decompression_bombs_apply_in_bounded_memory() {
@@ -60,29 +50,10 @@ fn decompression_bombs_apply_in_bounded_memory() {
         std::fs::create_dir(&target).unwrap();
         rt.block_on(async {
             let mut cc = ContentClient::new(unix_channel(content.socket()));
-            let reqs = vec![
-                WriteContentRequest {
-                    action: WriteAction::Stat as i32,
-                    r#ref: format!("bomb-{c:?}"),
-                    total: blob.len() as i64,
-                    expected: layer.digest.clone(),
-                    ..Default::default()
-                },
-                WriteContentRequest {
-                    action: WriteAction::Commit as i32,
-                    offset: 0,
-                    total: blob.len() as i64,
-                    expected: layer.digest.clone(),
-                    data: blob.clone(),
-                    ..Default::default()
-                },
-            ];
-            let mut answers = cc
-                .write(tokio_stream::iter(reqs))
+            let d = write_blob(&mut cc, &format!("bomb-{c:?}"), &blob)
                 .await
-                .unwrap()
-                .into_inner();
-            while answers.message().await.unwrap().is_some() {}
+                .unwrap();
+            assert_eq!(d, layer.digest);
             DiffClient::new(unix_channel(differ.socket()))
                 .apply(ApplyRequest {
                     diff: Some(Descriptor {

@@ -19,7 +19,11 @@ mod rng;
 #[path = "kill_cycles/snapshots.rs"]
 mod snapshots;
 
-use std::time::Duration;
+use std::ffi::OsString;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use strata_tests::PluginKind;
 use strata_tests::plugins::StrataProcess;
@@ -52,20 +56,99 @@ pub fn deaths(points: &[&'static str], rng: &mut rng::Rng) -> Vec<Death> {
         .collect()
 }
 
-/// Starts `kind` on `dir` (its root persists across cycles), armed for `death`.
-pub fn start(kind: PluginKind, dir: &std::path::Path, death: Option<&Death>) -> StrataProcess {
+/// Starts `kind` on `dir` (its root persists across cycles) with `args`, armed for `death`.
+pub fn start(
+    kind: PluginKind,
+    dir: &Path,
+    args: &[OsString],
+    death: Option<&Death>,
+) -> StrataProcess {
     let spec;
     let mut env = Vec::new();
     if let Some(Death::At(point, n)) = death {
         spec = format!("{point}@{n}");
         env.push((strata_common::crashpoint::ENV, spec.as_str()));
     }
-    StrataProcess::start_with_env(kind, dir, &[], &env).unwrap_or_else(|e| panic!("{e}"))
+    StrataProcess::start_with_env(kind, dir, args, &env).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Whether the log of a process killed in a cycle says it died at its crash point.
 pub fn died_at(p: &StrataProcess, point: &str) -> bool {
     p.log().contains(&format!("crash point {point}@"))
+}
+
+/// What a client of the workload hands back: an error other than the server going away.
+pub type Worker = tokio::task::JoinHandle<Result<(), String>>;
+
+/// One server's cycles.
+pub struct Cycles<'a> {
+    pub kind: PluginKind,
+    pub dir: &'a Path,
+    pub args: Vec<OsString>,
+    pub points: &'static [&'static str],
+    /// Whether the check reaches a crash point (then it runs on an unarmed start first).
+    pub check_writes: bool,
+    /// How long a cycle armed with a crash point may take to reach it.
+    pub reach_within: Duration,
+}
+
+impl Cycles<'_> {
+    /// Runs the cycles: start (armed), `check` the server against what the workload left,
+    /// run `workers` until the death, SIGKILL. Returns with the server down.
+    pub fn run(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        rng: &mut rng::Rng,
+        check: impl Fn(&StrataProcess) -> Result<(), String>,
+        workers: impl Fn(&StrataProcess, &Arc<AtomicBool>, &mut rng::Rng) -> Vec<Worker>,
+    ) {
+        for (cycle, death) in deaths(self.points, rng).iter().enumerate() {
+            let fail = |what: String, p: &StrataProcess| -> ! {
+                panic!("cycle {cycle} ({death:?}): {what}\n{}", p.log_tail(60))
+            };
+            let mut p = if self.check_writes {
+                let mut unarmed = start(self.kind, self.dir, &self.args, None);
+                check(&unarmed).unwrap_or_else(|e| fail(e, &unarmed));
+                unarmed.stop();
+                start(self.kind, self.dir, &self.args, Some(death))
+            } else {
+                let p = start(self.kind, self.dir, &self.args, Some(death));
+                check(&p).unwrap_or_else(|e| fail(e, &p));
+                p
+            };
+            let stop = Arc::new(AtomicBool::new(false));
+            let running = workers(&p, &stop, rng);
+            let deadline = Instant::now()
+                + match death {
+                    Death::After(d) => *d,
+                    Death::At(..) => self.reach_within,
+                };
+            while Instant::now() < deadline && p.still_running().is_ok() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let status = p.kill().unwrap();
+            stop.store(true, Ordering::SeqCst);
+            let failures: Vec<String> = rt.block_on(async {
+                let mut out = Vec::new();
+                for w in running {
+                    let r = tokio::time::timeout(Duration::from_secs(60), w)
+                        .await
+                        .expect("a client hung after the server died")
+                        .unwrap();
+                    out.extend(r.err());
+                }
+                out
+            });
+            if !failures.is_empty() {
+                fail(format!("{failures:#?}"), &p);
+            }
+            if let Death::At(point, _) = death
+                && !died_at(&p, point)
+            {
+                fail(format!("crash point {point} not reached ({status})"), &p);
+            }
+        }
+    }
 }
 
 #[test]

@@ -17,10 +17,7 @@ use std::time::{Duration, Instant};
 
 use strata_common::client::unix_channel;
 use strata_proto::content::content_client::ContentClient;
-use strata_proto::content::{
-    DeleteContentRequest, InfoRequest, ListContentRequest, ReadContentRequest, WriteAction,
-    WriteContentRequest,
-};
+use strata_proto::content::{DeleteContentRequest, InfoRequest, ListContentRequest};
 use strata_proto::diff::diff_client::DiffClient;
 use strata_proto::diff::{ApplyRequest, DiffRequest};
 use strata_proto::snapshots::snapshots_client::SnapshotsClient;
@@ -31,6 +28,7 @@ use strata_proto::snapshots::{
 use strata_proto::types::{Descriptor, Mount};
 use strata_testkit::Compression;
 use strata_testkit::layer::Layer;
+use strata_tests::bench::{read_blob, rss, write_blob};
 use strata_tests::tmp::TestDir;
 use strata_tests::{PluginKind, StrataProcess};
 use tokio_stream::StreamExt;
@@ -101,15 +99,6 @@ struct Rss {
     end: u64,
 }
 
-fn rss_of(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(0, |kib| kib << 10)
-}
-
 /// Runs `load` against the server `pid`, sampling its RSS every 10 ms; the end figure is
 /// taken after a second of rest.
 fn measured<F: std::future::Future<Output = ()>>(
@@ -117,14 +106,14 @@ fn measured<F: std::future::Future<Output = ()>>(
     pid: u32,
     load: F,
 ) -> (Duration, Rss) {
-    let start = rss_of(pid);
+    let start = rss(pid);
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = {
         let done = done.clone();
         std::thread::spawn(move || {
             let mut peak = 0;
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                peak = peak.max(rss_of(pid));
+                peak = peak.max(rss(pid));
                 std::thread::sleep(Duration::from_millis(10));
             }
             peak
@@ -136,7 +125,7 @@ fn measured<F: std::future::Future<Output = ()>>(
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     let peak = sampler.join().unwrap();
     std::thread::sleep(Duration::from_secs(1));
-    let end = rss_of(pid);
+    let end = rss(pid);
     (
         wall,
         Rss {
@@ -170,66 +159,6 @@ fn data(client: usize, round: usize, len: usize) -> Vec<u8> {
         .collect()
 }
 
-async fn write_blob(
-    c: &mut ContentClient<tonic::transport::Channel>,
-    r: String,
-    blob: &[u8],
-) -> Result<String, Status> {
-    let digest = strata_testkit::sha256_digest(blob);
-    let mut reqs = vec![WriteContentRequest {
-        action: WriteAction::Stat as i32,
-        r#ref: r,
-        total: blob.len() as i64,
-        expected: digest.clone(),
-        ..Default::default()
-    }];
-    let mut offset = 0;
-    for chunk in blob.chunks(1 << 20) {
-        reqs.push(WriteContentRequest {
-            action: WriteAction::Write as i32,
-            offset,
-            data: chunk.to_vec(),
-            ..Default::default()
-        });
-        offset += chunk.len() as i64;
-    }
-    reqs.push(WriteContentRequest {
-        action: WriteAction::Commit as i32,
-        offset,
-        total: blob.len() as i64,
-        expected: digest.clone(),
-        ..Default::default()
-    });
-    let mut answers = c.write(tokio_stream::iter(reqs)).await?.into_inner();
-    let mut last = None;
-    while let Some(a) = answers.next().await {
-        last = Some(a?);
-    }
-    match last {
-        Some(a) if a.digest == digest => Ok(digest),
-        other => Err(Status::internal(format!("commit answered {other:?}"))),
-    }
-}
-
-async fn read_blob(
-    c: &mut ContentClient<tonic::transport::Channel>,
-    digest: &str,
-) -> Result<Vec<u8>, Status> {
-    let mut s = c
-        .read(ReadContentRequest {
-            digest: digest.to_string(),
-            offset: 0,
-            size: 0,
-        })
-        .await?
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(m) = s.next().await {
-        out.extend_from_slice(&m?.data);
-    }
-    Ok(out)
-}
-
 fn start(kind: PluginKind, dir: &Path, args: &[OsString]) -> StrataProcess {
     StrataProcess::start(kind, dir, args).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -256,7 +185,7 @@ fn content_store_under_64_clients() {
                     };
                     let blob = data(i, r, len);
                     let d = t
-                        .time("Write", write_blob(&mut c, format!("load-{i}-{r}"), &blob))
+                        .time("Write", write_blob(&mut c, &format!("load-{i}-{r}"), &blob))
                         .await;
                     let info = t
                         .time("Info", c.info(InfoRequest { digest: d.clone() }))
@@ -455,7 +384,7 @@ fn differ_under_64_clients() {
     rt.block_on(async {
         let mut c = ContentClient::new(unix_channel(content.socket()));
         for (k, l) in layers.iter().enumerate() {
-            let d = write_blob(&mut c, format!("layer-{k}"), &l.blob_bytes().unwrap())
+            let d = write_blob(&mut c, &format!("layer-{k}"), &l.blob_bytes().unwrap())
                 .await
                 .unwrap();
             assert_eq!(d, l.digest);

@@ -2,11 +2,11 @@
 //! others resume such ingests), commit, read and delete blobs of 1 KiB to 4 MiB while the
 //! server is killed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use strata_common::client::unix_channel;
 use strata_proto::content::content_client::ContentClient;
@@ -22,7 +22,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::rng::{Rng, data};
-use crate::{Death, deaths, died_at, start};
+use crate::{Cycles, start};
 
 type Client = ContentClient<Channel>;
 
@@ -81,7 +81,6 @@ fn id_of(r: &str) -> Option<usize> {
 #[derive(Default)]
 struct Model {
     blobs: Vec<Blob>,
-    failures: Vec<String>,
 }
 
 type Shared = Arc<Mutex<Model>>;
@@ -103,62 +102,38 @@ pub fn run() {
     let dir = TestDir::new("kc-content").unwrap();
     let model: Shared = Arc::default();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut reached = BTreeSet::new();
-    for (cycle, death) in deaths(POINTS, &mut rng).iter().enumerate() {
-        let mut p = start(PluginKind::Content, dir.path(), Some(death));
-        let socket = p.socket().to_path_buf();
-        rt.block_on(check(&socket, &model, false))
-            .unwrap_or_else(|e| panic!("cycle {cycle} ({death:?}): {e}\n{}", p.log_tail(60)));
-        let stop = Arc::new(AtomicBool::new(false));
-        let workers: Vec<_> = (0..WORKERS)
-            .map(|w| {
-                let (socket, model, stop) = (socket.clone(), model.clone(), stop.clone());
-                let seed = rng.next() ^ w as u64;
-                rt.spawn(async move { worker(&socket, &model, &stop, seed).await })
-            })
-            .collect();
-        let deadline = Instant::now()
-            + match death {
-                Death::After(d) => *d,
-                Death::At(..) => Duration::from_secs(5),
-            };
-        while Instant::now() < deadline && p.still_running().is_ok() {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let status = p.kill().unwrap();
-        stop.store(true, Ordering::SeqCst);
-        rt.block_on(async {
-            for w in workers {
-                tokio::time::timeout(Duration::from_secs(60), w)
-                    .await
-                    .expect("a worker hung after the server died")
-                    .unwrap();
-            }
-        });
-        if let Death::At(point, _) = death {
-            assert!(
-                died_at(&p, point),
-                "cycle {cycle}: crash point {point} not reached ({status})\n{}",
-                p.log_tail(40)
-            );
-            reached.insert(*point);
-        }
-        let failures = std::mem::take(&mut lock(&model).failures);
-        assert!(
-            failures.is_empty(),
-            "cycle {cycle} ({death:?}): {failures:#?}\n{}",
-            p.log_tail(60)
-        );
-    }
+    let cycles = Cycles {
+        kind: PluginKind::Content,
+        dir: dir.path(),
+        args: Vec::new(),
+        points: POINTS,
+        check_writes: false,
+        reach_within: Duration::from_secs(5),
+    };
+    cycles.run(
+        &rt,
+        &mut rng,
+        |p| rt.block_on(check(p.socket(), &model, false)),
+        |p, stop, rng| {
+            (0..WORKERS)
+                .map(|w| {
+                    let (socket, model, stop) =
+                        (p.socket().to_path_buf(), model.clone(), stop.clone());
+                    let seed = rng.next() ^ w as u64;
+                    rt.spawn(async move { worker(&socket, &model, &stop, seed).await })
+                })
+                .collect()
+        },
+    );
     // The last start: every interrupted ingest resumes to its blob.
-    let mut p = start(PluginKind::Content, dir.path(), None);
+    let mut p = start(PluginKind::Content, dir.path(), &[], None);
     rt.block_on(check(p.socket(), &model, true))
         .unwrap_or_else(|e| panic!("after the last cycle: {e}\n{}", p.log_tail(60)));
     p.stop();
     let m = lock(&model);
     let count = |s: State| m.blobs.iter().filter(|b| b.state == s).count();
     eprintln!(
-        "content kill cycles: {} blobs written, {} stored, {} deleted, {} lost in flight; crash points reached: {reached:?}",
+        "content kill cycles: {} blobs written, {} stored, {} deleted, {} lost in flight",
         m.blobs.len(),
         count(State::Stored),
         count(State::Deleted),
@@ -318,7 +293,7 @@ async fn check(socket: &Path, model: &Shared, resume_all: bool) -> Result<(), St
     Ok(())
 }
 
-async fn worker(socket: &Path, model: &Shared, stop: &AtomicBool, seed: u64) {
+async fn worker(socket: &Path, model: &Shared, stop: &AtomicBool, seed: u64) -> Result<(), String> {
     let mut rng = Rng::new(seed);
     let mut c = ContentClient::new(unix_channel(socket));
     while !stop.load(Ordering::SeqCst) {
@@ -363,12 +338,7 @@ async fn worker(socket: &Path, model: &Shared, stop: &AtomicBool, seed: u64) {
                 let b = lock(model).blobs[id].clone();
                 match read_all(&mut c, &b.digest).await {
                     Ok(got) if strata_testkit::sha256_digest(&got) == b.digest => Ok(()),
-                    Ok(_) => {
-                        lock(model)
-                            .failures
-                            .push(format!("blob {id} read back other bytes"));
-                        Ok(())
-                    }
+                    Ok(_) => return Err(format!("blob {id} read back other bytes")),
                     // Deleted meanwhile by another worker.
                     Err(e)
                         if e.code() == Code::NotFound
@@ -404,13 +374,11 @@ async fn worker(socket: &Path, model: &Shared, stop: &AtomicBool, seed: u64) {
         };
         match done {
             Ok(()) => {}
-            Err(e) if server_gone(&e) => return,
-            Err(e) => {
-                lock(model).failures.push(format!("{e}"));
-                return;
-            }
+            Err(e) if server_gone(&e) => return Ok(()),
+            Err(e) => return Err(e.to_string()),
         }
     }
+    Ok(())
 }
 
 /// A random blob in state `from`, moved to `to` under the lock (so no two workers take it).

@@ -4,48 +4,32 @@
 //! directory of the dead process is left under its root, an Apply gives the same tree as
 //! before, and every blob its Diffs committed reads back whole.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use strata_common::client::unix_channel;
+use strata_proto::content::ListContentRequest;
 use strata_proto::content::content_client::ContentClient;
-use strata_proto::content::{
-    ListContentRequest, ReadContentRequest, WriteAction, WriteContentRequest,
-};
 use strata_proto::diff::diff_client::DiffClient;
 use strata_proto::diff::{ApplyRequest, DiffRequest};
 use strata_proto::types::{Descriptor, Mount};
 use strata_testkit::Compression;
 use strata_testkit::layer::Layer;
 use strata_testkit::prelude::{Compare, Tree, assert_trees_equal_with, snapshot};
+use strata_tests::bench::{read_blob, write_blob};
 use strata_tests::tmp::TestDir;
 use strata_tests::{PluginKind, StrataProcess};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::rng::Rng;
-use crate::{Death, deaths, died_at};
+use crate::{Cycles, start};
 
 const POINTS: &[&str] = &["differ.temp_mount.mounted"];
 const WORKERS: usize = 4;
-
-fn start(dir: &Path, content: &Path, death: Option<&Death>) -> StrataProcess {
-    let spec;
-    let mut env = Vec::new();
-    if let Some(Death::At(point, n)) = death {
-        spec = format!("{point}@{n}");
-        env.push((strata_common::crashpoint::ENV, spec.as_str()));
-    }
-    StrataProcess::start_with_env(
-        PluginKind::Differ,
-        dir,
-        &["--content-address".into(), content.into()],
-        &env,
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
-}
 
 fn descriptor(l: &Layer) -> Descriptor {
     Descriptor {
@@ -137,37 +121,19 @@ pub fn run() {
             img.layers()[0].clone()
         })
         .collect();
+    let args: Vec<OsString> = vec!["--content-address".into(), csock.clone().into()];
     let base = {
-        let mut p = start(dir.path(), &csock, None);
+        let mut p = start(PluginKind::Differ, dir.path(), &args, None);
         let mut dirs = Vec::new();
         let mut trees = Vec::new();
         rt.block_on(async {
             let mut cc = ContentClient::new(unix_channel(&csock));
             let mut dc = DiffClient::new(unix_channel(p.socket()));
             for (k, l) in layers.iter().enumerate() {
-                let blob = l.blob_bytes().unwrap();
-                let reqs = vec![
-                    WriteContentRequest {
-                        action: WriteAction::Stat as i32,
-                        r#ref: format!("layer-{k}"),
-                        total: blob.len() as i64,
-                        expected: l.digest.clone(),
-                        ..Default::default()
-                    },
-                    WriteContentRequest {
-                        action: WriteAction::Commit as i32,
-                        total: blob.len() as i64,
-                        expected: l.digest.clone(),
-                        data: blob,
-                        ..Default::default()
-                    },
-                ];
-                let mut a = cc
-                    .write(tokio_stream::iter(reqs))
+                let d = write_blob(&mut cc, &format!("layer-{k}"), &l.blob_bytes().unwrap())
                     .await
-                    .unwrap()
-                    .into_inner();
-                while a.message().await.unwrap().is_some() {}
+                    .unwrap();
+                assert_eq!(d, l.digest);
                 let d = work.join(format!("base-{k}"));
                 std::fs::create_dir_all(&d).unwrap();
                 apply(&mut dc, l, &d).await.unwrap();
@@ -183,65 +149,41 @@ pub fn run() {
         })
     };
     let seq = Arc::new(AtomicU64::new(0));
-    for (cycle, death) in deaths(POINTS, &mut rng).iter().enumerate() {
-        let mut p = start(dir.path(), &csock, Some(death));
-        let (socket, root) = (p.socket().to_path_buf(), p.root().to_path_buf());
-        // Unarmed work only: Apply onto a bind target mounts nothing.
-        rt.block_on(check(&socket, &root, &csock, &base, &work, &seq))
-            .unwrap_or_else(|e| panic!("cycle {cycle} ({death:?}): {e}\n{}", p.log_tail(60)));
-        let stop = Arc::new(AtomicBool::new(false));
-        let workers: Vec<_> = (0..WORKERS)
-            .map(|w| {
-                let (socket, stop, base, work, seq) = (
-                    socket.clone(),
-                    stop.clone(),
-                    base.clone(),
-                    work.clone(),
-                    seq.clone(),
-                );
-                let seed = rng.next() ^ w as u64;
-                rt.spawn(async move { worker(&socket, &stop, &base, &work, &seq, seed).await })
-            })
-            .collect();
-        let deadline = Instant::now()
-            + match death {
-                Death::After(d) => *d,
-                Death::At(..) => Duration::from_secs(10),
-            };
-        while Instant::now() < deadline && p.still_running().is_ok() {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let status = p.kill().unwrap();
-        stop.store(true, Ordering::SeqCst);
-        let failures: Vec<String> = rt.block_on(async {
-            let mut out = Vec::new();
-            for w in workers {
-                let r = tokio::time::timeout(Duration::from_secs(60), w)
-                    .await
-                    .expect("a worker hung after the differ died")
-                    .unwrap();
-                out.extend(r.err());
-            }
-            out
-        });
-        assert!(
-            failures.is_empty(),
-            "cycle {cycle} ({death:?}): {failures:#?}\n{}",
-            p.log_tail(60)
-        );
-        if let Death::At(point, _) = death {
-            assert!(
-                died_at(&p, point),
-                "cycle {cycle}: crash point {point} not reached ({status})\n{}",
-                p.log_tail(40)
-            );
-        }
-        // Whatever the dead process mounted stays until it starts again (checked then).
-        let _ = std::fs::remove_dir_all(work.join("scratch"));
-    }
-    let mut p = start(dir.path(), &csock, None);
-    let (socket, root) = (p.socket().to_path_buf(), p.root().to_path_buf());
-    rt.block_on(check(&socket, &root, &csock, &base, &work, &seq))
+    let cycles = Cycles {
+        kind: PluginKind::Differ,
+        dir: dir.path(),
+        args: args.clone(),
+        points: POINTS,
+        // Apply onto a bind target mounts nothing: the check reaches no crash point.
+        check_writes: false,
+        reach_within: Duration::from_secs(10),
+    };
+    cycles.run(
+        &rt,
+        &mut rng,
+        |p| {
+            // The clients' snapshots of the last cycle (nothing mounted on them now).
+            let _ = std::fs::remove_dir_all(work.join("scratch"));
+            rt.block_on(check(p.socket(), p.root(), &csock, &base, &work, &seq))
+        },
+        |p, stop, rng| {
+            (0..WORKERS)
+                .map(|w| {
+                    let (socket, stop, base, work, seq) = (
+                        p.socket().to_path_buf(),
+                        stop.clone(),
+                        base.clone(),
+                        work.clone(),
+                        seq.clone(),
+                    );
+                    let seed = rng.next() ^ w as u64;
+                    rt.spawn(async move { worker(&socket, &stop, &base, &work, &seq, seed).await })
+                })
+                .collect()
+        },
+    );
+    let mut p = start(PluginKind::Differ, dir.path(), &args, None);
+    rt.block_on(check(p.socket(), p.root(), &csock, &base, &work, &seq))
         .unwrap_or_else(|e| panic!("after the last cycle: {e}\n{}", p.log_tail(60)));
     p.stop();
     eprintln!(
@@ -299,18 +241,9 @@ async fn check(
         digests.extend(m.info.into_iter().map(|i| i.digest));
     }
     for d in digests {
-        let mut r = cc
-            .read(ReadContentRequest {
-                digest: d.clone(),
-                ..Default::default()
-            })
+        let data = read_blob(&mut cc, &d)
             .await
-            .map_err(|e| format!("Read {d}: {e}"))?
-            .into_inner();
-        let mut data = Vec::new();
-        while let Some(m) = r.message().await.map_err(|e| format!("Read {d}: {e}"))? {
-            data.extend_from_slice(&m.data);
-        }
+            .map_err(|e| format!("Read {d}: {e}"))?;
         if strata_testkit::sha256_digest(&data) != d {
             return Err(format!("blob {d} reads back other bytes"));
         }

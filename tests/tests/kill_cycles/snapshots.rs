@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use strata_common::client::unix_channel;
 use strata_proto::snapshots::snapshots_client::SnapshotsClient;
@@ -22,7 +22,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::rng::Rng;
-use crate::{Death, deaths, died_at, start};
+use crate::{Cycles, start};
 
 type Client = SnapshotsClient<Channel>;
 
@@ -76,7 +76,6 @@ impl Snap {
 struct Model {
     snaps: Vec<Snap>,
     next: u64,
-    failures: Vec<String>,
 }
 
 type Shared = Arc<Mutex<Model>>;
@@ -97,57 +96,32 @@ pub fn run() {
     let dir = TestDir::new("kc-snap").unwrap();
     let model: Shared = Arc::default();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    for (cycle, death) in deaths(POINTS, &mut rng).iter().enumerate() {
-        // The check makes and removes views: it runs before the crash point is armed.
-        let mut p = start(PluginKind::Snapshotter, dir.path(), None);
-        let (socket, root) = (p.socket().to_path_buf(), p.root().to_path_buf());
-        rt.block_on(check(&socket, &root, &model))
-            .unwrap_or_else(|e| panic!("cycle {cycle} ({death:?}): {e}\n{}", p.log_tail(60)));
-        p.stop();
-        let mut p = start(PluginKind::Snapshotter, dir.path(), Some(death));
-        let stop = Arc::new(AtomicBool::new(false));
-        let workers: Vec<_> = (0..WORKERS)
-            .map(|w| {
-                let (socket, model, stop) = (socket.clone(), model.clone(), stop.clone());
-                let seed = rng.next() ^ w as u64;
-                rt.spawn(async move { worker(&socket, &model, &stop, seed).await })
-            })
-            .collect();
-        let deadline = Instant::now()
-            + match death {
-                Death::After(d) => *d,
-                Death::At(..) => Duration::from_secs(5),
-            };
-        while Instant::now() < deadline && p.still_running().is_ok() {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let status = p.kill().unwrap();
-        stop.store(true, Ordering::SeqCst);
-        rt.block_on(async {
-            for w in workers {
-                tokio::time::timeout(Duration::from_secs(60), w)
-                    .await
-                    .expect("a worker hung after the server died")
-                    .unwrap();
-            }
-        });
-        if let Death::At(point, _) = death {
-            assert!(
-                died_at(&p, point),
-                "cycle {cycle}: crash point {point} not reached ({status})\n{}",
-                p.log_tail(40)
-            );
-        }
-        let failures = std::mem::take(&mut lock(&model).failures);
-        assert!(
-            failures.is_empty(),
-            "cycle {cycle} ({death:?}): {failures:#?}\n{}",
-            p.log_tail(60)
-        );
-    }
-    let mut p = start(PluginKind::Snapshotter, dir.path(), None);
-    let (socket, root) = (p.socket().to_path_buf(), p.root().to_path_buf());
-    rt.block_on(check(&socket, &root, &model))
+    let cycles = Cycles {
+        kind: PluginKind::Snapshotter,
+        dir: dir.path(),
+        args: Vec::new(),
+        points: POINTS,
+        // The check makes and removes views.
+        check_writes: true,
+        reach_within: Duration::from_secs(5),
+    };
+    cycles.run(
+        &rt,
+        &mut rng,
+        |p| rt.block_on(check(p.socket(), p.root(), &model)),
+        |p, stop, rng| {
+            (0..WORKERS)
+                .map(|w| {
+                    let (socket, model, stop) =
+                        (p.socket().to_path_buf(), model.clone(), stop.clone());
+                    let seed = rng.next() ^ w as u64;
+                    rt.spawn(async move { worker(&socket, &model, &stop, seed).await })
+                })
+                .collect()
+        },
+    );
+    let mut p = start(PluginKind::Snapshotter, dir.path(), &[], None);
+    rt.block_on(check(p.socket(), p.root(), &model))
         .unwrap_or_else(|e| panic!("after the last cycle: {e}\n{}", p.log_tail(60)));
     p.stop();
     let m = lock(&model);
@@ -368,7 +342,7 @@ async fn check(socket: &Path, root: &Path, model: &Shared) -> Result<(), String>
     Ok(())
 }
 
-async fn worker(socket: &Path, model: &Shared, stop: &AtomicBool, seed: u64) {
+async fn worker(socket: &Path, model: &Shared, stop: &AtomicBool, seed: u64) -> Result<(), String> {
     let mut rng = Rng::new(seed);
     let mut c = SnapshotsClient::new(unix_channel(socket));
     while !stop.load(Ordering::SeqCst) {
@@ -392,13 +366,11 @@ async fn worker(socket: &Path, model: &Shared, stop: &AtomicBool, seed: u64) {
         };
         match done {
             Ok(()) => {}
-            Err(e) if server_gone(&e) => return,
-            Err(e) => {
-                lock(model).failures.push(format!("{e}"));
-                return;
-            }
+            Err(e) if server_gone(&e) => return Ok(()),
+            Err(e) => return Err(e.to_string()),
         }
     }
+    Ok(())
 }
 
 /// Prepares (or views) a new snapshot on a random committed parent (or none) and writes its
