@@ -156,7 +156,7 @@ pub fn run() {
         points: POINTS,
         // Apply onto a bind target mounts nothing: the check reaches no crash point.
         check_writes: false,
-        reach_within: Duration::from_secs(10),
+        reach_within: Duration::from_secs(30),
     };
     cycles.run(
         &rt,
