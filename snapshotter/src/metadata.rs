@@ -593,11 +593,12 @@ pub fn ids(conn: &Connection) -> Result<HashSet<u64>> {
     Ok(ids)
 }
 
-/// What a snapshot's directory holds: its id, its kind, its parent's id and its id-mapping
-/// labels (which decide who owns its root).
+/// What a snapshot's directory holds: its id, its kind, its parent's id, its id-mapping
+/// labels (which decide who owns its root), and its name and labels (which decide its size
+/// limit).
 pub fn dir_shapes(conn: &Connection) -> Result<Vec<DirShape>> {
     let mut stmt = conn
-        .prepare_cached("SELECT id, kind, parent_id, labels FROM snapshots")
+        .prepare_cached("SELECT id, kind, parent_id, labels, name FROM snapshots")
         .map_err(db("prepare shapes"))?;
     let raws = stmt
         .query_map([], |r| {
@@ -606,18 +607,22 @@ pub fn dir_shapes(conn: &Connection) -> Result<Vec<DirShape>> {
                 r.get::<_, i64>(1)?,
                 r.get::<_, Option<i64>>(2)?,
                 r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
             ))
         })
         .map_err(db("list shapes"))?
         .collect::<rusqlite::Result<Vec<_>>>()
         .map_err(db("list shapes"))?;
     raws.into_iter()
-        .map(|(id, kind, parent, labels)| {
+        .map(|(id, kind, parent, labels, name)| {
+            let labels = decode_labels(&labels)?;
             Ok(DirShape {
                 id: to_id(id),
                 kind: Kind::from_i64(kind)?,
                 parent: parent.map(to_id),
-                remap: RemapLabels::from_labels(&decode_labels(&labels)?),
+                remap: RemapLabels::from_labels(&labels),
+                name,
+                labels,
             })
         })
         .collect()
@@ -630,6 +635,8 @@ pub struct DirShape {
     pub kind: Kind,
     pub parent: Option<u64>,
     pub remap: RemapLabels,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Active snapshots (id, kind) and committed ones whose usage is not measured yet.

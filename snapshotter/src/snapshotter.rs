@@ -524,6 +524,8 @@ impl Snapshotter {
             kind,
             parent,
             remap,
+            name,
+            labels,
         } in shapes
         {
             let dir = layout.snapshot_dir(id);
@@ -547,6 +549,16 @@ impl Snapshotter {
             };
             if let Err(e) = owned {
                 warn!(id, error = %e, "restored snapshot root keeps root as its owner");
+            }
+            // And in its project again, limited as create made it.
+            match self.size_limit(kind, &name, &labels) {
+                Ok(Some(bytes)) => {
+                    if let Err(e) = self.limit_size(&temp, id, bytes) {
+                        warn!(id, error = %e.chain(), "restored snapshot has no size limit");
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => warn!(id, error = %e.chain(), "restored snapshot has no size limit"),
             }
             std::fs::rename(&temp, &dir)
                 .map_err(|e| Error::io(format!("rename {} into place", temp.display()), e))?;

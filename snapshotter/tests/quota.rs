@@ -330,3 +330,38 @@ fn limits_are_refused_without_project_quotas_and_malformed_ones_always() {
         .expect("a default limit needs quotas");
     assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{e}");
 }
+
+#[test]
+#[ignore = "needs a kernel with ext4 project quotas (CONFIG_QFMT_V2); scripts/quota-vm.sh runs it"]
+fn a_snapshot_restored_after_a_power_loss_keeps_its_limit() {
+    let qfs = QuotaFs::new(Kind::Ext4, 48);
+    let root = qfs.mnt.join("root");
+    {
+        let s = Snapshotter::open(&root, sync_config()).expect("open");
+        s.prepare("base-a", "", &labels(&[])).expect("prepare");
+        s.commit("base", "base-a", &labels(&[]), "")
+            .expect("commit");
+        s.prepare(
+            "limited",
+            "base",
+            &labels(&[(LABEL_MAX_SIZE, &(2 * MIB).to_string())]),
+        )
+        .expect("prepare limited");
+        // What a power loss can leave: the row without its directory (snapshotter/README.md,
+        // "Crash safety"), and the project without a limit.
+        std::fs::remove_dir_all(s.layout().snapshot_dir(2)).expect("remove the directory");
+    }
+    let quotas = Quotas::detect(&qfs.mnt, BASE).expect("quotas");
+    quotas.set_limit(BASE + 2, 0).expect("clear the limit");
+    let s = Snapshotter::open(&root, sync_config()).expect("reopen");
+    assert_eq!(quota::project_of(&s.layout().fs(2)).unwrap(), BASE + 2);
+    assert_eq!(quota::project_of(&s.layout().work(2)).unwrap(), BASE + 2);
+    assert_eq!(quotas.get(BASE + 2).unwrap().limit_bytes, 2 * MIB);
+    let mnt = tempfile::tempdir().expect("mount point");
+    let m = mount_at(&s, "limited", &mnt.path().join("m"));
+    let (n, e) = fill(&m.path().join("big"), 4 * MIB);
+    let e = e.expect("the restored limit holds");
+    assert_eq!(e.raw_os_error(), Some(libc::EDQUOT), "{e}");
+    assert!(n <= 2 * MIB, "{n}");
+    m.unmount().expect("unmount");
+}
