@@ -19,6 +19,7 @@ pub mod changes;
 pub mod compare;
 pub mod compress;
 pub mod config;
+pub mod copy_up;
 pub mod fetch;
 pub mod inflate;
 pub mod layer;

@@ -978,3 +978,134 @@ fn hard_link_entries_set_the_shared_inodes_metadata() {
     );
     assert_eq!(target.mtime(), 2000, "no times through the symlink");
 }
+
+/// Merged view of `layers` (highest first), mounted read-only until the guard drops.
+fn merged(tmp: &Path, name: &str, layers: &[&Path]) -> (PathBuf, Mounted) {
+    let dir = tmp.join(name);
+    std::fs::create_dir(&dir).unwrap();
+    let lowers: Vec<String> = layers.iter().map(|p| p.display().to_string()).collect();
+    nix::mount::mount(
+        Some("overlay"),
+        &dir,
+        Some("overlay"),
+        nix::mount::MsFlags::MS_RDONLY,
+        Some(format!("lowerdir={}", lowers.join(":")).as_str()),
+    )
+    .unwrap();
+    (dir.clone(), Mounted(dir))
+}
+
+/// containerd applies onto the mounted overlay, where linking to a file of a lower layer
+/// makes the kernel copy it up first; writing the upperdir directly, strata copies it up
+/// itself. The oracle: the same layer applied through a mounted overlay.
+#[test]
+fn hard_link_to_a_lower_layers_file_copies_it_up_as_overlay_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lower = tmp.path().join("lower");
+    std::fs::create_dir(&lower).unwrap();
+    apply(
+        &lower,
+        &tree![
+            dir("d", 0o755),
+            file_mode("d/lower-file", "from the lower layer", 0o600)
+                .owner(5, 6)
+                .xattr("user.kept", "1")
+                .mtime(1_500_000_000),
+            symlink("d/lower-sym", "lower-file").owner(7, 8),
+            file("gone", "whited out above"),
+        ],
+    )
+    .unwrap();
+    let layer = Layer::from_raw(
+        &[
+            RawEntry::hardlink("d/new-link", "d/lower-file")
+                .mode(0o751)
+                .owner(42, 43)
+                .mtime(3000),
+            RawEntry::hardlink("top-link", "d/lower-sym").owner(9, 9),
+        ],
+        Compression::None,
+    )
+    .unwrap();
+    let dirs = |name: &str| {
+        let (u, w) = (
+            tmp.path().join(name).join("fs"),
+            tmp.path().join(name).join("work"),
+        );
+        std::fs::create_dir_all(&u).unwrap();
+        std::fs::create_dir_all(&w).unwrap();
+        (u, w)
+    };
+    // strata: the upperdir written directly.
+    let (upper, work) = dirs("strata");
+    apply_layer(&layer, &[overlay(&upper, &work, std::slice::from_ref(&lower))]).unwrap();
+    let shared = |a: &str, b: &str| {
+        let (a, b) = (upper.join(a), upper.join(b));
+        std::fs::symlink_metadata(a).unwrap().ino() == std::fs::symlink_metadata(b).unwrap().ino()
+    };
+    assert!(
+        shared("d/new-link", "d/lower-file"),
+        "one inode in the upper"
+    );
+    assert!(shared("top-link", "d/lower-sym"));
+    // The oracle: applied through the mounted overlay.
+    let (oracle_upper, oracle_work) = dirs("oracle");
+    let mounted = tmp.path().join("rw");
+    std::fs::create_dir(&mounted).unwrap();
+    nix::mount::mount(
+        Some("overlay"),
+        &mounted,
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(
+            format!(
+                "index=off,lowerdir={},upperdir={},workdir={}",
+                lower.display(),
+                oracle_upper.display(),
+                oracle_work.display()
+            )
+            .as_str(),
+        ),
+    )
+    .unwrap();
+    let rw = Mounted(mounted.clone());
+    apply_layer(&layer, &[bind(&mounted)]).unwrap();
+    drop(rw);
+    let (ours, _g1) = merged(tmp.path(), "ours", &[&upper, &lower]);
+    let (theirs, _g2) = merged(tmp.path(), "theirs", &[&oracle_upper, &lower]);
+    // The directory holding the new link changed just now in both, at different moments.
+    let opts = Compare {
+        ignore_dir_mtimes: true,
+        ..Default::default()
+    };
+    assert_trees_equal_with(
+        &snapshot(&theirs).unwrap(),
+        &snapshot(&ours).unwrap(),
+        &opts,
+    );
+
+    // A layer between that deletes the file (an overlay whiteout) or hides its directory
+    // (opaque): nothing to link to, as through the mounted overlay.
+    let between = tmp.path().join("between");
+    std::fs::create_dir_all(between.join("d")).unwrap();
+    nix::sys::stat::mknod(
+        &between.join("gone"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+        0,
+    )
+    .unwrap();
+    let d = std::fs::File::open(between.join("d")).unwrap();
+    crate::resolve::fsetxattr(d.as_raw_fd(), "trusted.overlay.opaque", b"y").unwrap();
+    for target in ["gone", "d/lower-file"] {
+        let layer = Layer::from_raw(
+            &[RawEntry::hardlink("to-deleted", target)],
+            Compression::None,
+        )
+        .unwrap();
+        let (upper, work) = dirs(&format!("deleted-{}", target.replace('/', "-")));
+        let lowers = [between.clone(), lower.clone()];
+        let e = apply_layer(&layer, &[overlay(&upper, &work, &lowers)]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{target}: {e}");
+    }
+}

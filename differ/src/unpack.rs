@@ -17,6 +17,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use strata_common::error::{Error, Result};
 use tracing::warn;
 
+use crate::copy_up;
 use crate::resolve::{self, RelPath, Root};
 use crate::whiteout::{self, Marker};
 
@@ -145,6 +146,9 @@ impl Unpacker {
                     rel.display()
                 )));
             };
+            if !self.lowers.is_empty() {
+                self.copy_up_link_target(&target, &tparent, tbase)?;
+            }
             let tfd = self.link_parent(&tparent)?;
             replacing(pfd, &base, || {
                 resolve::link_at(tfd.as_raw_fd(), tbase, pfd, &base)
@@ -491,6 +495,29 @@ impl Unpacker {
     fn mkparent(&mut self, parent: &RelPath) -> Result<OwnedFd> {
         self.walk(parent, true)?
             .ok_or_else(|| Error::internal(format!("{} was not created", parent.display())))
+    }
+
+    /// Before linking to `target` in an upperdir: overlayfs's copy-up, when only a lower layer
+    /// has it. Deleted in the upper or by a layer in between, it stays missing (the link then
+    /// fails as on the mounted overlay).
+    fn copy_up_link_target(
+        &mut self,
+        target: &RelPath,
+        tparent: &RelPath,
+        tbase: &[u8],
+    ) -> Result<()> {
+        let what = || format!("copy up {} to link to it", target.display());
+        match copy_up::in_upper(&self.root, tparent, tbase).map_err(io_err(what))? {
+            copy_up::Upper::Present | copy_up::Upper::WhitedOut => return Ok(()),
+            copy_up::Upper::Absent => {}
+        }
+        let Some((lower_dir, st)) =
+            copy_up::find_in_lowers(&self.lowers, tparent, tbase).map_err(io_err(what))?
+        else {
+            return Ok(());
+        };
+        let pfd = self.mkparent(tparent)?;
+        copy_up::copy_up(lower_dir.as_raw_fd(), &st, pfd.as_raw_fd(), tbase).map_err(io_err(what))
     }
 
     /// The directory a hard link's target is in.
