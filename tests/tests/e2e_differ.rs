@@ -77,7 +77,7 @@ fn applied_from_files(stack: &Stack) -> usize {
         .map(|p| {
             p.log()
                 .lines()
-                .filter(|l| l.contains(DIFFER_APPLIED_LOG) && l.contains("source=\"file\""))
+                .filter(|l| l.contains(DIFFER_APPLIED_LOG) && l.contains("source=\"blob_file\""))
                 .count()
         })
         .unwrap_or(0)
