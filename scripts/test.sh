@@ -17,7 +17,7 @@ else
   cargo test --workspace --locked --no-fail-fast
 fi
 # Size limits need project quotas, which this machine's kernel lacks: the snapshotter's quota
-# tests run again, ignored ones included, in a VM booting Debian's kernel.
+# tests and a size-limited container on containerd 2.x run in a VM booting Debian's kernel.
 scripts/quota-vm.sh
 # Fuzzing: every target of fuzz/ for 30 s from its committed corpus; any crash fails the run.
 scripts/fuzz.sh 30
