@@ -41,20 +41,10 @@ struct State {
 fn state() -> &'static Mutex<State> {
     static STATE: OnceLock<Mutex<State>> = OnceLock::new();
     STATE.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("strata-fuzz-content-")
-            .tempdir_in(strata_fuzz::scratch_base())
-            .expect("temp dir");
+        let (rt, dir) = strata_fuzz::runtime_and_dir("content");
         let root: PathBuf = dir.path().join("content");
         let store = ContentStore::open_local(&root).expect("open the store");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let labels = op::FIXTURE_LABELS
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
+        let labels = strata_fuzz::labels(op::FIXTURE_LABELS);
         let state = State {
             rt,
             service: ContentService::new(store.clone()),

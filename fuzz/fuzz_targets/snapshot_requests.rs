@@ -35,26 +35,15 @@ struct State {
 fn state() -> &'static Mutex<State> {
     static STATE: OnceLock<Mutex<State>> = OnceLock::new();
     STATE.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("strata-fuzz-snapshots-")
-            .tempdir_in(strata_fuzz::scratch_base())
-            .expect("temp dir");
+        let (rt, dir) = strata_fuzz::runtime_and_dir("snapshots");
         let config = SnapshotterConfig {
             mode: Mode::Native,
-            async_remove: true,
-            mount_options: Vec::new(),
             durability: Durability::Process,
+            ..SnapshotterConfig::default()
         };
         let snapshotter =
             Snapshotter::open(&dir.path().join("snapshots"), config).expect("open snapshotter");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let labels = op::LABELS
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
+        let labels = strata_fuzz::labels(op::LABELS);
         let state = State {
             rt,
             service: Service::new(snapshotter.clone()),

@@ -172,3 +172,25 @@ pub fn scratch_base() -> PathBuf {
     }
     std::env::temp_dir()
 }
+
+/// What every server target keeps across inputs: a single-threaded runtime and a scratch
+/// directory named after `what` under [`scratch_base`].
+pub fn runtime_and_dir(what: &str) -> (tokio::runtime::Runtime, tempfile::TempDir) {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("strata-fuzz-{what}-"))
+        .tempdir_in(scratch_base())
+        .expect("temp dir");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    (rt, dir)
+}
+
+/// A label map from static pairs.
+pub fn labels(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
