@@ -25,17 +25,7 @@ fn bind(dir: &Path) -> Mount {
 }
 
 fn overlay(upper: &Path, work: &Path, lower: &Path) -> Mount {
-    Mount {
-        r#type: "overlay".into(),
-        source: "overlay".into(),
-        target: String::new(),
-        options: vec![
-            "index=off".into(),
-            format!("workdir={}", work.display()),
-            format!("upperdir={}", upper.display()),
-            format!("lowerdir={}", lower.display()),
-        ],
-    }
+    Mount::overlay(Some((upper, work)), &[lower])
 }
 
 /// The layer (uncompressed) from `lower` to `upper` mounts, and how it was found.

@@ -23,21 +23,8 @@ pub(crate) fn bind(dir: &Path) -> Mount {
 }
 
 fn overlay(upper: &Path, work: &Path, lowers: &[PathBuf]) -> Mount {
-    let mut options = vec![
-        "index=off".to_string(),
-        format!("workdir={}", work.display()),
-        format!("upperdir={}", upper.display()),
-    ];
-    if !lowers.is_empty() {
-        let l: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
-        options.push(format!("lowerdir={}", l.join(":")));
-    }
-    Mount {
-        r#type: "overlay".into(),
-        source: "overlay".into(),
-        target: String::new(),
-        options,
-    }
+    let lowers: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
+    Mount::overlay(Some((upper, work)), &lowers)
 }
 
 pub(crate) fn apply_blob(layer: &Layer, blob: Vec<u8>, mounts: &[Mount]) -> Result<Applied> {
@@ -1038,7 +1025,11 @@ fn hard_link_to_a_lower_layers_file_copies_it_up_as_overlay_does() {
     };
     // strata: the upperdir written directly.
     let (upper, work) = dirs("strata");
-    apply_layer(&layer, &[overlay(&upper, &work, std::slice::from_ref(&lower))]).unwrap();
+    apply_layer(
+        &layer,
+        &[overlay(&upper, &work, std::slice::from_ref(&lower))],
+    )
+    .unwrap();
     let shared = |a: &str, b: &str| {
         let (a, b) = (upper.join(a), upper.join(b));
         std::fs::symlink_metadata(a).unwrap().ino() == std::fs::symlink_metadata(b).unwrap().ino()

@@ -190,17 +190,7 @@ fn run(data: &[u8]) {
     let before = (snapshot(&sentinel), snapshot(&lower), names(t));
 
     let mount = if overlay {
-        Mount {
-            r#type: "overlay".into(),
-            source: "overlay".into(),
-            target: String::new(),
-            options: vec![
-                "index=off".into(),
-                format!("workdir={}", work.display()),
-                format!("upperdir={}", root.display()),
-                format!("lowerdir={}", lower.display()),
-            ],
-        }
+        Mount::overlay(Some((&root, &work)), &[&lower])
     } else {
         Mount::bind(&root, false)
     };

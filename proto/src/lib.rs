@@ -58,6 +58,30 @@ impl types::Mount {
             options: vec!["rbind".into(), if readonly { "ro" } else { "rw" }.into()],
         }
     }
+
+    /// An overlay as containerd's overlayfs snapshotter hands one out: `lowers` highest
+    /// first; with `upper` (upperdir, workdir) writable, else a read-only view of the lowers.
+    pub fn overlay(
+        upper: Option<(&std::path::Path, &std::path::Path)>,
+        lowers: &[&std::path::Path],
+    ) -> types::Mount {
+        let mut options = Vec::new();
+        if let Some((upper, work)) = upper {
+            options.push("index=off".to_string());
+            options.push(format!("workdir={}", work.display()));
+            options.push(format!("upperdir={}", upper.display()));
+        }
+        if !lowers.is_empty() {
+            let l: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
+            options.push(format!("lowerdir={}", l.join(":")));
+        }
+        types::Mount {
+            r#type: "overlay".into(),
+            source: "overlay".into(),
+            target: String::new(),
+            options,
+        }
+    }
 }
 
 #[cfg(test)]

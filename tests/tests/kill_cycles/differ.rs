@@ -62,35 +62,12 @@ struct Base {
 impl Base {
     /// A read-only overlay of both layers, as containerd's View of the snapshot gives it.
     fn lower(&self) -> Mount {
-        Mount {
-            r#type: "overlay".into(),
-            source: "overlay".into(),
-            target: String::new(),
-            options: vec![format!(
-                "lowerdir={}:{}",
-                self.dirs[1].display(),
-                self.dirs[0].display()
-            )],
-        }
+        Mount::overlay(None, &[&self.dirs[1], &self.dirs[0]])
     }
 
     /// An active snapshot on both layers with a few files in `upper`.
     fn upper(&self, upper: &Path, work: &Path) -> Mount {
-        Mount {
-            r#type: "overlay".into(),
-            source: "overlay".into(),
-            target: String::new(),
-            options: vec![
-                "index=off".into(),
-                format!("workdir={}", work.display()),
-                format!("upperdir={}", upper.display()),
-                format!(
-                    "lowerdir={}:{}",
-                    self.dirs[1].display(),
-                    self.dirs[0].display()
-                ),
-            ],
-        }
+        Mount::overlay(Some((upper, work)), &[&self.dirs[1], &self.dirs[0]])
     }
 }
 
