@@ -103,8 +103,9 @@ pub struct SnapshotterConfig {
     pub remap_ids: bool,
     /// The size limit, in bytes, of every active snapshot that has no
     /// `containerd.io/snapshot/max-size` label, except those containerd unpacks layers into
-    /// (keys `extract-...`); 0 for none. Enforced with project quotas: the server refuses to
-    /// start when the file system of its root has none.
+    /// (keys `extract-...`) and the client's chowned image copies (keys `...-remap`); 0 for
+    /// none. Enforced with project quotas: the server refuses to start when the file system of
+    /// its root has none.
     pub max_size: u64,
     /// Limited snapshots get project id `project_id_base + snapshot id`; keep the range apart
     /// from other users of project quotas on the same file system.

@@ -403,7 +403,8 @@ impl Snapshotter {
 
     /// The size limit a new snapshot gets: its `containerd.io/snapshot/max-size` label, else
     /// the configured default for active snapshots other than containerd's unpacking ones
-    /// (keys `extract-...`, whose layers may be any size). Views are read-only: a limit has
+    /// (keys `extract-...`, whose layers may be any size) and the chowned copies of an image its
+    /// client makes for a user namespace (keys `...-remap`, as big as the image). Views are read-only: a limit has
     /// nothing to bound. A limit without project quotas is refused, never ignored.
     fn size_limit(
         &self,
@@ -425,7 +426,12 @@ impl Snapshotter {
         let default = self.inner.config.max_size;
         let limit = match label {
             Some(n) => n,
-            None if default > 0 && !own_key.starts_with("extract-") => default,
+            None if default > 0
+                && !own_key.starts_with("extract-")
+                && !own_key.ends_with("-remap") =>
+            {
+                default
+            }
             None => return Ok(None),
         };
         if self.inner.quotas.is_none() {

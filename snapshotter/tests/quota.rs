@@ -268,10 +268,20 @@ fn the_configured_default_spares_unpacking_and_views() {
     s.view("default/3/v", "default/2/layer", &labels(&[]))
         .expect("view");
     assert_eq!(quota::project_of(&s.layout().fs(2)).unwrap(), 0);
+    // containerd's client's chowned copy of an image for a user namespace is as big as the
+    // image: no default limit either.
+    s.prepare(
+        "default/9/sha256:0123-remap",
+        "default/2/layer",
+        &labels(&[]),
+    )
+    .expect("remap copy");
+    assert_eq!(quota::project_of(&s.layout().fs(3)).unwrap(), 0);
+    s.remove("default/9/sha256:0123-remap").expect("remove");
     s.prepare("default/4/container", "default/2/layer", &labels(&[]))
         .expect("container");
-    assert_eq!(quota::project_of(&s.layout().fs(3)).unwrap(), BASE + 3);
-    assert_eq!(quotas.get(BASE + 3).unwrap().limit_bytes, 3 * MIB);
+    assert_eq!(quota::project_of(&s.layout().fs(4)).unwrap(), BASE + 4);
+    assert_eq!(quotas.get(BASE + 4).unwrap().limit_bytes, 3 * MIB);
     // A label overrides the default.
     s.prepare(
         "default/5/big",
@@ -279,11 +289,11 @@ fn the_configured_default_spares_unpacking_and_views() {
         &labels(&[(LABEL_MAX_SIZE, "8388608")]),
     )
     .expect("labelled");
-    assert_eq!(quotas.get(BASE + 4).unwrap().limit_bytes, 8 * MIB);
+    assert_eq!(quotas.get(BASE + 5).unwrap().limit_bytes, 8 * MIB);
     s.remove("default/4/container").expect("remove");
     s.remove("default/5/big").expect("remove");
-    assert_eq!(quotas.get(BASE + 3).unwrap().limit_bytes, 0);
     assert_eq!(quotas.get(BASE + 4).unwrap().limit_bytes, 0);
+    assert_eq!(quotas.get(BASE + 5).unwrap().limit_bytes, 0);
 }
 
 #[test]
