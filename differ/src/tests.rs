@@ -279,22 +279,8 @@ fn mixed_fixture_into_overlay_upperdirs() {
             );
         }
     }
-    let merged = tmp.path().join("merged");
-    std::fs::create_dir(&merged).unwrap();
-    let lowers: Vec<String> = uppers
-        .iter()
-        .rev()
-        .map(|p| p.display().to_string())
-        .collect();
-    nix::mount::mount(
-        Some("overlay"),
-        &merged,
-        Some("overlay"),
-        nix::mount::MsFlags::MS_RDONLY,
-        Some(format!("lowerdir={}", lowers.join(":")).as_str()),
-    )
-    .unwrap();
-    let _guard = Mounted(merged.clone());
+    let lowers: Vec<&Path> = uppers.iter().rev().map(PathBuf::as_path).collect();
+    let (merged, _guard) = merged(tmp.path(), "merged", &lowers);
     // Through overlay, a hard link whose sibling a later layer whited out still reports the
     // lower link count, and inode numbers of lower files are overlay's own: hard link groups
     // are checked on the bind target instead.

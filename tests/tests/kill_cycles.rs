@@ -77,6 +77,9 @@ pub fn died_at(p: &StrataProcess, point: &str) -> bool {
     p.log().contains(&format!("crash point {point}@"))
 }
 
+/// Concurrent clients of the workload.
+pub const CLIENTS: usize = 4;
+
 /// What a client of the workload hands back: an error other than the server going away.
 pub type Worker = tokio::task::JoinHandle<Result<(), String>>;
 
@@ -94,13 +97,14 @@ pub struct Cycles<'a> {
 
 impl Cycles<'_> {
     /// Runs the cycles: start (armed), `check` the server against what the workload left,
-    /// run `workers` until the death, SIGKILL. Returns with the server down.
+    /// run [`CLIENTS`] clients (`client` spawns one with its seed) until the death, SIGKILL.
+    /// Returns with the server down.
     pub fn run(
         &self,
         rt: &tokio::runtime::Runtime,
         rng: &mut rng::Rng,
         check: impl Fn(&StrataProcess) -> Result<(), String>,
-        workers: impl Fn(&StrataProcess, &Arc<AtomicBool>, &mut rng::Rng) -> Vec<Worker>,
+        client: impl Fn(&StrataProcess, Arc<AtomicBool>, u64) -> Worker,
     ) {
         for (cycle, death) in deaths(self.points, rng).iter().enumerate() {
             let fail = |what: String, p: &StrataProcess| -> ! {
@@ -117,7 +121,9 @@ impl Cycles<'_> {
                 p
             };
             let stop = Arc::new(AtomicBool::new(false));
-            let running = workers(&p, &stop, rng);
+            let running: Vec<Worker> = (0..CLIENTS)
+                .map(|_| client(&p, stop.clone(), rng.next()))
+                .collect();
             let deadline = Instant::now()
                 + match death {
                     Death::After(d) => *d,

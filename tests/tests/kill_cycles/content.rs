@@ -35,7 +35,6 @@ const POINTS: &[&str] = &[
     "content.commit.ingest_removed",
     "content.delete.blob_gone",
 ];
-const WORKERS: usize = 4;
 const CHUNK: usize = 1 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -114,15 +113,9 @@ pub fn run() {
         &rt,
         &mut rng,
         |p| rt.block_on(check(p.socket(), &model, false)),
-        |p, stop, rng| {
-            (0..WORKERS)
-                .map(|w| {
-                    let (socket, model, stop) =
-                        (p.socket().to_path_buf(), model.clone(), stop.clone());
-                    let seed = rng.next() ^ w as u64;
-                    rt.spawn(async move { worker(&socket, &model, &stop, seed).await })
-                })
-                .collect()
+        |p, stop, seed| {
+            let (socket, model) = (p.socket().to_path_buf(), model.clone());
+            rt.spawn(async move { worker(&socket, &model, &stop, seed).await })
         },
     );
     // The last start: every interrupted ingest resumes to its blob.

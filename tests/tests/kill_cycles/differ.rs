@@ -29,7 +29,6 @@ use crate::rng::Rng;
 use crate::{Cycles, start};
 
 const POINTS: &[&str] = &["differ.temp_mount.mounted"];
-const WORKERS: usize = 4;
 
 fn descriptor(l: &Layer) -> Descriptor {
     Descriptor {
@@ -143,20 +142,10 @@ pub fn run() {
             let _ = std::fs::remove_dir_all(work.join("scratch"));
             rt.block_on(check(p.socket(), p.root(), &csock, &base, &work, &seq))
         },
-        |p, stop, rng| {
-            (0..WORKERS)
-                .map(|w| {
-                    let (socket, stop, base, work, seq) = (
-                        p.socket().to_path_buf(),
-                        stop.clone(),
-                        base.clone(),
-                        work.clone(),
-                        seq.clone(),
-                    );
-                    let seed = rng.next() ^ w as u64;
-                    rt.spawn(async move { worker(&socket, &stop, &base, &work, &seq, seed).await })
-                })
-                .collect()
+        |p, stop, seed| {
+            let socket = p.socket().to_path_buf();
+            let (base, work, seq) = (base.clone(), work.clone(), seq.clone());
+            rt.spawn(async move { worker(&socket, &stop, &base, &work, &seq, seed).await })
         },
     );
     let mut p = start(PluginKind::Differ, dir.path(), &args, None);

@@ -33,7 +33,6 @@ const POINTS: &[&str] = &[
     "snapshotter.remove.in_transaction",
     "snapshotter.remove.row_deleted",
 ];
-const WORKERS: usize = 4;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum State {
@@ -109,15 +108,9 @@ pub fn run() {
         &rt,
         &mut rng,
         |p| rt.block_on(check(p.socket(), p.root(), &model)),
-        |p, stop, rng| {
-            (0..WORKERS)
-                .map(|w| {
-                    let (socket, model, stop) =
-                        (p.socket().to_path_buf(), model.clone(), stop.clone());
-                    let seed = rng.next() ^ w as u64;
-                    rt.spawn(async move { worker(&socket, &model, &stop, seed).await })
-                })
-                .collect()
+        |p, stop, seed| {
+            let (socket, model) = (p.socket().to_path_buf(), model.clone());
+            rt.spawn(async move { worker(&socket, &model, &stop, seed).await })
         },
     );
     let mut p = start(PluginKind::Snapshotter, dir.path(), &[], None);
