@@ -159,7 +159,7 @@ fn apply_tar() -> Result {
             ],
         ),
         (
-            // Once an overflow in the PAX time parser (differ/src/unpack.rs).
+            // Once an overflow in the PAX time parser (differ/src/apply/unpack.rs).
             "pax-time-limits",
             vec![
                 RawEntry::file("t", "x")
@@ -206,7 +206,7 @@ fn apply_tar() -> Result {
     )?;
     let zst = Layer::from_raw(&hostile[2].1, Compression::Zstd)?;
     apply_seed("zstd-escape-new-symlink", apply::ZSTD, &zst.blob_bytes()?)?;
-    // Once a panic in the gzip decoder (differ/src/inflate.rs): corrupt deflate data on which
+    // Once a panic in the gzip decoder (differ/src/apply/inflate.rs): corrupt deflate data on which
     // ISA-L reported more input left than it was given.
     apply_seed("gzip-corrupt-lookback", apply::GZIP, GZIP_CORRUPT_LOOKBACK)?;
     // A truncated gzip stream.
@@ -215,7 +215,7 @@ fn apply_tar() -> Result {
     Ok(())
 }
 
-/// Found by apply_tar; also `FUZZ_CORRUPT_MEMBER` in differ/src/inflate.rs's tests.
+/// Found by apply_tar; also `FUZZ_CORRUPT_MEMBER` in differ/src/apply/inflate.rs's tests.
 const GZIP_CORRUPT_LOOKBACK: &[u8] = &[
     0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xec, 0xd4, 0x41, 0x0a, 0x02, 0x31,
     0x0c, 0x85, 0xe1, 0x1c, 0xa5, 0x37, 0x98, 0xd8, 0x69, 0x9a, 0xf3, 0x54, 0x11, 0x5c, 0x0c, 0x08,

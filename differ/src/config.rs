@@ -53,11 +53,11 @@ pub struct DifferConfig {
 }
 
 fn default_gzip_level() -> u32 {
-    crate::compress::Levels::default().gzip
+    crate::diff::compress::Levels::default().gzip
 }
 
 fn default_zstd_level() -> i32 {
-    crate::compress::Levels::default().zstd
+    crate::diff::compress::Levels::default().zstd
 }
 
 impl DifferConfig {
@@ -69,8 +69,8 @@ impl DifferConfig {
         }
     }
 
-    pub fn levels(&self) -> crate::compress::Levels {
-        crate::compress::Levels {
+    pub fn levels(&self) -> crate::diff::compress::Levels {
+        crate::diff::compress::Levels {
             gzip: self.gzip_level,
             zstd: self.zstd_level,
         }

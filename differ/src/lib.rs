@@ -1,50 +1,34 @@
 //! strata-differ: containerd's `containerd.services.diff.v1.Diff` API: Apply unpacks tar layers
-//! into mounts, Diff turns two mount sets into a layer in the content store.
+//! into mounts, Diff turns two mount sets into a layer in the content store. One folder per
+//! data path:
 //!
-//! - [`media`]: which layer media types are applied, and their compression;
-//! - [`fetch`]: the blob read through a content service, and the namespace to read it in;
-//! - [`target`]: where to write, from the mounts (upperdir, bind source, or a temp mount);
-//! - [`resolve`], [`unpack`], [`whiteout`]: tar entries written inside the root, never out;
-//! - [`apply`]: the pipeline tying them together ([`Applier`]);
-//! - [`changes`], [`layer`], [`compress`], [`upload`]: what changed between two trees, as a
-//!   deterministic tar, compressed on every core, written through a content service;
-//! - [`blob_file`]: or written straight into the store's directory, then only recorded
-//!   through the content service;
-//! - [`compare`]: the Diff pipeline tying those together ([`Comparer`]);
-//! - [`service`]: the gRPC adaptor.
+//! - [`apply`]: the Apply pipeline ([`Applier`]): [`apply::fetch`] reads the blob through a
+//!   content service or from the store's directory, [`apply::inflate`] decompresses,
+//!   [`apply::target`] decides where to write from the mounts, [`apply::unpack`] writes the
+//!   entries inside the root (with [`apply::copy_up`] for links into lower layers);
+//! - [`diff`]: the Diff pipeline ([`Comparer`]): [`diff::changes`] finds what changed between
+//!   two trees, [`diff::layer`] writes it as a deterministic tar, [`diff::compress`] compresses
+//!   on every core, [`diff::upload`] writes it through a content service or
+//!   [`diff::blob_file`] straight into the store's directory;
+//! - shared by both: [`media`] (media types and compression), [`resolve`] (paths inside a
+//!   root), [`whiteout`] (OCI and overlay markers), [`read_full`], [`config`], [`metrics`],
+//!   and [`service`], the gRPC adaptor.
 
 pub mod apply;
-pub mod blob_file;
-pub mod changes;
-pub mod compare;
-pub mod compress;
 pub mod config;
-pub mod copy_up;
-pub mod fetch;
-pub mod inflate;
-pub mod layer;
+pub mod diff;
 pub mod media;
 pub mod metrics;
 pub mod read_full;
 pub mod resolve;
 pub mod service;
-pub mod target;
-pub mod unpack;
-pub mod upload;
 pub mod whiteout;
 
-#[cfg(test)]
-mod diff_tests;
-#[cfg(test)]
-mod hostile_tests;
-#[cfg(test)]
-mod tests;
-
+pub use apply::fetch::Fetcher;
 pub use apply::{Applied, Applier, apply_reader};
-pub use compare::{Compared, Comparer};
-pub use fetch::Fetcher;
+pub use diff::compare::{Compared, Comparer};
+pub use diff::upload::Uploader;
 pub use service::DiffService;
-pub use upload::Uploader;
 
 /// The gRPC service name containerd's proxy plugin calls.
 pub const SERVICE_NAME: &str = "containerd.services.diff.v1.Diff";

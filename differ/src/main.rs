@@ -59,7 +59,7 @@ fn main() -> ExitCode {
             let fetcher = Fetcher::new(channel.clone(), config.differ.fallback_namespace.clone())
                 .with_content_root(config.differ.content_root.clone());
             if let Some(root) = &config.differ.content_root {
-                match strata_differ::blob_file::remove_stale(root, STALE_BLOB_FILE) {
+                match strata_differ::diff::blob_file::remove_stale(root, STALE_BLOB_FILE) {
                     Ok(0) => {}
                     Ok(n) => tracing::warn!(
                         removed = n,
@@ -75,7 +75,7 @@ fn main() -> ExitCode {
             }
             let scratch = config.server.root.join("mounts");
             // A killed predecessor's mounts would stay forever (and pin what they show).
-            match strata_differ::target::reap_scratch(&scratch) {
+            match strata_differ::apply::target::reap_scratch(&scratch) {
                 Ok(0) => {}
                 Ok(n) => tracing::warn!(
                     removed = n,

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use tracing::warn;
 
 use crate::apply::Applier;
-use crate::compare::Comparer;
+use crate::diff::compare::Comparer;
 use crate::metrics::DifferMetrics;
 
 /// [`DiffService::new`]'s limit; the server sets its own from the config.

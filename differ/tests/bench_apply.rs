@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use strata_differ::fetch::Verified;
+use strata_differ::apply::fetch::Verified;
 use strata_differ::{apply_reader, media};
 use strata_proto::types::Mount;
 use strata_testkit::Compression;

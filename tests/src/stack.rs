@@ -84,9 +84,9 @@ impl StackOptions {
     }
 }
 
-/// What strata-differ logs once per layer it applied (`differ/src/apply.rs`).
+/// What strata-differ logs once per layer it applied (`differ/src/apply/mod.rs`).
 pub const DIFFER_APPLIED_LOG: &str = "strata-differ applied layer";
-/// What strata-differ logs once per layer a Diff made (`differ/src/compare.rs`).
+/// What strata-differ logs once per layer a Diff made (`differ/src/diff/compare.rs`).
 pub const DIFFER_MADE_LOG: &str = "strata-differ made a layer";
 
 /// Running plugins and the containerd that uses them. containerd is declared first so it is

@@ -77,7 +77,7 @@ fn container_changes() -> Vec<Change> {
 /// Layers keep only `security.capability` and mtimes to the second, and through overlay a
 /// hard link keeps its lower link count. Directories the layer does not list keep the time
 /// their stack unpacked the base at, which differs between the two containerds compared here
-/// (`differ/src/diff_tests.rs` checks directory times on one base).
+/// (`differ/src/diff/tests.rs` checks directory times on one base).
 fn layer_compare() -> Compare {
     Compare::strict()
         .ignore_root()

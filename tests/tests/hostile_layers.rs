@@ -1,7 +1,7 @@
 //! Decompression bombs through the real servers: a layer of a few hundred KiB that inflates to
 //! 512 MiB is applied by strata-differ, read through strata-content, with the differ's peak
 //! RSS bounded (decompression and hashing stream). The other hostile layers are the differ's
-//! unit tests (`differ/src/hostile_tests.rs`, `differ/src/tests.rs`).
+//! unit tests (`differ/src/apply/hostile_tests.rs`, `differ/src/apply/tests.rs`).
 // Test code: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

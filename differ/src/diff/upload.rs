@@ -7,9 +7,8 @@
 //! trip.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
 use std::io::{self, Write};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use strata_common::error::{Error, ErrorKind, Result};
@@ -24,7 +23,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
-use crate::blob_file::PlacedBlob;
+use crate::diff::blob_file::PlacedBlob;
+use crate::diff::layer::Restart;
+use crate::diff::unique_id;
 
 /// Bytes per WRITE message (containerd's own writers send up to 1 MiB).
 const MESSAGE: usize = 1 << 20;
@@ -62,21 +63,6 @@ mod leases {
     }
 
     pub const CREATE_PATH: &str = "/containerd.services.leases.v1.Leases/Create";
-}
-
-/// A name nothing else uses: time, process and a random part.
-pub fn unique_id(prefix: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(nanos);
-    format!(
-        "{prefix}-{nanos}-{}-{:06x}",
-        std::process::id(),
-        h.finish() & 0xff_ffff
-    )
 }
 
 /// Writes blobs into a content service.
@@ -184,7 +170,7 @@ impl Uploader {
     }
 
     /// Records `blob`, already in the store behind the content service (see
-    /// [`crate::blob_file`]), as the ingest `r#ref` with `labels`. The Write is opened with the
+    /// [`crate::diff::blob_file`]), as the ingest `r#ref` with `labels`. The Write is opened with the
     /// blob's digest and size: containerd (default content sharing policy) then finds the
     /// blob in its store, reports it whole, and commits it without data. A service that
     /// reports less (isolated sharing, or a store that is not the one the blob went into)
@@ -440,5 +426,12 @@ impl PendingWrite {
                 Err(s) => return Err(Error::from_status(&s)),
             }
         }
+    }
+}
+
+impl Restart for BlobSink {
+    fn restart(&mut self) -> io::Result<()> {
+        BlobSink::restart(self);
+        Ok(())
     }
 }

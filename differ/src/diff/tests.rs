@@ -13,12 +13,12 @@ use strata_testkit::layer::read_raw;
 use strata_testkit::prelude::*;
 
 use crate::apply::apply_reader;
-use crate::changes::{self, Kind, OverlayError};
-use crate::compare::{self, Method};
-use crate::compress::Levels;
-use crate::layer::LayerOptions;
+use crate::apply::target;
+use crate::diff::changes::{self, Kind, OverlayError};
+use crate::diff::compare::{self, Method};
+use crate::diff::compress::Levels;
+use crate::diff::layer::LayerOptions;
 use crate::media;
-use crate::target;
 
 fn bind(dir: &Path) -> Mount {
     Mount::bind(dir, false)

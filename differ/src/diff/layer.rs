@@ -15,11 +15,24 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use crate::changes::{self, Change, Kind};
+use crate::diff::changes::{self, Change, Kind};
 use crate::read_full::read_full;
 
 const BLOCK: usize = 512;
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
+
+/// Output a layer can be written into, and started over when the overlay fast path has to
+/// give way to a full walk halfway through.
+pub trait Restart {
+    fn restart(&mut self) -> io::Result<()>;
+}
+
+impl Restart for Vec<u8> {
+    fn restart(&mut self) -> io::Result<()> {
+        self.clear();
+        Ok(())
+    }
+}
 
 /// What shapes a layer beyond the trees themselves.
 #[derive(Clone, Copy, Debug, Default)]

@@ -22,14 +22,14 @@ use strata_proto::diff::DiffRequest;
 use strata_proto::types::{Descriptor, Mount};
 use tracing::{info, warn};
 
-use crate::blob_file::BlobFile;
-use crate::changes::{self, Emit, OverlayError};
-use crate::compress::{self, Compressor, Levels};
-use crate::fetch::Fetcher;
-use crate::layer::{LayerOptions, LayerStats, LayerWriter};
+use crate::apply::fetch::Fetcher;
+use crate::apply::target::{self, TempMount};
+use crate::diff::blob_file::BlobFile;
+use crate::diff::changes::{self, Emit, OverlayError};
+use crate::diff::compress::{self, Compressor, Levels};
+use crate::diff::layer::{LayerOptions, LayerStats, LayerWriter, Restart};
+use crate::diff::upload::{BlobSink, Committed, UNCOMPRESSED_LABEL, Uploader};
 use crate::media::{self, Compression};
-use crate::target::{self, TempMount};
-use crate::upload::{self, BlobSink, Committed, UNCOMPRESSED_LABEL, Uploader};
 use crate::whiteout;
 
 /// The media type containerd's walking differ writes when the request names none.
@@ -90,7 +90,7 @@ impl Comparer {
     }
 
     /// Writes layers straight into the store directory `root` (holding `blobs/`) of the
-    /// store behind the content service; see [`crate::blob_file`].
+    /// store behind the content service; see [`crate::diff::blob_file`].
     pub fn with_blob_root(mut self, root: Option<PathBuf>) -> Comparer {
         self.blob_root = root;
         self
@@ -126,7 +126,7 @@ impl Comparer {
         let ctx = self.uploader.leased(&ctx).await?;
         let generated = req.r#ref.is_empty();
         let r#ref = if generated {
-            upload::unique_id("strata-diff")
+            crate::diff::unique_id("strata-diff")
         } else {
             req.r#ref.clone()
         };
@@ -333,26 +333,6 @@ fn with_diff_id(
         labels.insert(UNCOMPRESSED_LABEL.to_string(), d.to_string());
     }
     labels
-}
-
-/// Output a layer can be written into, and started over when the overlay fast path has to
-/// give way to a full walk halfway through.
-pub trait Restart {
-    fn restart(&mut self) -> io::Result<()>;
-}
-
-impl Restart for Vec<u8> {
-    fn restart(&mut self) -> io::Result<()> {
-        self.clear();
-        Ok(())
-    }
-}
-
-impl Restart for BlobSink {
-    fn restart(&mut self) -> io::Result<()> {
-        BlobSink::restart(self);
-        Ok(())
-    }
 }
 
 /// Writes the layer from `lower` to `upper` into `out`, compressed, as the changes are found

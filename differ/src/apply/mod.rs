@@ -10,6 +10,17 @@
 //! the layer's size, and each CPU-heavy step (two hashes, inflate, file writes) gets a thread:
 //! on two cores any two of them run at once.
 
+pub mod copy_up;
+pub mod fetch;
+pub mod inflate;
+pub mod target;
+pub mod unpack;
+
+#[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
+pub(crate) mod tests;
+
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -23,13 +34,13 @@ use strata_common::namespace::RequestContext;
 use strata_proto::types::{Descriptor, Mount};
 use tracing::info;
 
-use crate::fetch::{self, BlobReader, Fetcher, Verified};
+use crate::apply::fetch::{BlobReader, Fetcher, Verified};
+use crate::apply::target::Target;
+use crate::apply::unpack::{Stats, Unpacker};
 use crate::media::{self, Compression};
 use crate::metrics::{BlobSource, DifferMetrics};
 use crate::read_full::read_full;
 use crate::resolve::Root;
-use crate::target::Target;
-use crate::unpack::{Stats, Unpacker};
 
 const CHUNK: usize = 1 << 20;
 const CHANNEL_DEPTH: usize = 4;
@@ -469,7 +480,7 @@ fn decode<R: Read>(
             out
         }
         Compression::Gzip => {
-            let mut r = crate::inflate::GzDecoder::new(input);
+            let mut r = crate::apply::inflate::GzDecoder::new(input);
             let out = pump(&mut r, |r| r.get_mut(), &tx, None)?;
             drain(r.get_mut())?;
             out

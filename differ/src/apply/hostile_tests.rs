@@ -12,7 +12,7 @@ use strata_testkit::layer::{Layer, RawEntry, compress, raw_tar};
 use strata_testkit::prelude::*;
 
 use crate::apply::Applied;
-use crate::tests::{apply_blob, bind, contained};
+use crate::apply::tests::{apply_blob, bind, contained};
 
 /// What containerd does with the layer.
 enum Expect {

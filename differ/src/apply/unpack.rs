@@ -17,7 +17,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use strata_common::error::{Error, Result};
 use tracing::warn;
 
-use crate::copy_up;
+use crate::apply::copy_up;
 use crate::resolve::{self, RelPath, Root};
 use crate::whiteout::{self, Marker};
 

@@ -13,8 +13,8 @@ use strata_testkit::fixtures;
 use strata_testkit::layer::{Layer, RawEntry, TarOptions};
 use strata_testkit::prelude::*;
 
+use crate::apply::fetch::Verified;
 use crate::apply::{Applied, apply_reader};
-use crate::fetch::Verified;
 use crate::media;
 use crate::resolve::{Root, openat2_in_root};
 

@@ -5,7 +5,7 @@
 //!
 //! containerd then only has to record it: with its default content sharing policy, a Write
 //! opened with the blob's digest and size finds it in the store and commits without data
-//! ([`crate::upload::Uploader::commit_present`]). That spares sending the whole layer through
+//! ([`crate::diff::upload::Uploader::commit_present`]). That spares sending the whole layer through
 //! containerd's content service, which is what bounds an uncompressed Diff otherwise.
 
 use std::fs::{self, File, OpenOptions};
@@ -21,8 +21,8 @@ use sha2::{Digest, Sha256};
 use strata_common::publish;
 use strata_common::writeback::Writeback;
 
-use crate::compare::Restart;
-use crate::upload::unique_id;
+use crate::diff::layer::Restart;
+use crate::diff::unique_id;
 
 /// Bytes gathered before a write(2): the layer writer hands over tar headers of 512 bytes.
 const BUFFER: usize = 1 << 20;
