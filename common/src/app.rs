@@ -96,6 +96,7 @@ where
             }
             None => RpcLayer::new(),
         };
+        tokio::spawn(crate::memory::trim_when_idle());
         crate::serve::serve(server, services, add, rpc)
             .await
             .map_err(|e| e.to_string())

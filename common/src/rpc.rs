@@ -303,6 +303,7 @@ impl CallState {
             return;
         }
         self.done = true;
+        crate::memory::call_finished();
         let elapsed = self.start.elapsed();
         self.span.record("code", code);
         tracing::debug!(
@@ -379,6 +380,7 @@ where
                 tracing::debug!(error = %e, "cannot parent the call's span");
             }
         }
+        crate::memory::call_started();
         let mut state = CallState {
             span: span.clone(),
             method: method.to_string(),

@@ -27,7 +27,6 @@ pub struct DiffService {
     /// Applies and Diffs running at once (see `max_concurrent` in the config): 64 at once
     /// took the server from 10 MiB to 1 GiB, and kept it there, with no gain in throughput.
     running: Arc<Semaphore>,
-    limit: usize,
 }
 
 impl DiffService {
@@ -37,27 +36,20 @@ impl DiffService {
             comparer,
             metrics: Arc::default(),
             running: Arc::new(Semaphore::new(DEFAULT_CONCURRENCY)),
-            limit: DEFAULT_CONCURRENCY,
         }
     }
 
     /// Lets `n` (at least 1) Applies and Diffs run at once; the others wait in order.
     pub fn with_concurrency(mut self, n: usize) -> DiffService {
-        self.limit = n.max(1);
-        self.running = Arc::new(Semaphore::new(self.limit));
+        self.running = Arc::new(Semaphore::new(n.max(1)));
         self
     }
 
-    async fn turn(&self) -> Result<Turn<'_>, Status> {
-        let permit = self
-            .running
+    async fn turn(&self) -> Result<SemaphorePermit<'_>, Status> {
+        self.running
             .acquire()
             .await
-            .map_err(|_| Status::unavailable("strata-differ is shutting down"))?;
-        Ok(Turn {
-            service: self,
-            permit: Some(permit),
-        })
+            .map_err(|_| Status::unavailable("strata-differ is shutting down"))
     }
 
     /// Counts applied and diffed layers in `metrics`.
@@ -69,21 +61,6 @@ impl DiffService {
 
     pub fn into_server(self) -> DiffServer<DiffService> {
         DiffServer::new(self)
-    }
-}
-
-/// One running Apply or Diff; the last to finish of a burst gives the memory it freed back.
-struct Turn<'a> {
-    service: &'a DiffService,
-    permit: Option<SemaphorePermit<'a>>,
-}
-
-impl Drop for Turn<'_> {
-    fn drop(&mut self) {
-        drop(self.permit.take());
-        if self.service.running.available_permits() == self.service.limit {
-            strata_common::memory::release_free();
-        }
     }
 }
 

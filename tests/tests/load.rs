@@ -1,8 +1,9 @@
 //! Load: 64 concurrent clients per server, each with its own connection, run a fixed number
 //! of mixed operations (content: write, commit, info, read, list, delete; snapshotter:
 //! prepare, commit, view, stat, mounts, usage, list, remove; differ: apply gzip, zstd and
-//! plain layers of 500 files, diff). Asserts no error at all, no hang (every call is bounded), and RSS
-//! back near where it started; prints throughput, p50/p99 per call and RSS start, peak, end.
+//! plain layers of 500 files, diff). Asserts no error at all, no hang (every call is
+//! bounded), and RSS back near where it started; prints throughput, p50/p99 per call and RSS
+//! start, peak, end.
 //!
 //! `STRATA_LOAD_ROUNDS=N` sets each client's rounds (default 3 in CI; the figures in
 //! `docs/hardening.md` come from 20).
@@ -100,7 +101,7 @@ struct Rss {
 }
 
 /// Runs `load` against the server `pid`, sampling its RSS every 10 ms; the end figure is
-/// taken after a second of rest.
+/// taken after two seconds of rest (servers trim their heap within a second of going idle).
 fn measured<F: std::future::Future<Output = ()>>(
     rt: &tokio::runtime::Runtime,
     pid: u32,
@@ -124,7 +125,7 @@ fn measured<F: std::future::Future<Output = ()>>(
     let wall = t.elapsed();
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     let peak = sampler.join().unwrap();
-    std::thread::sleep(Duration::from_secs(1));
+    std::thread::sleep(Duration::from_secs(2));
     let end = rss(pid);
     (
         wall,
