@@ -14,10 +14,9 @@
 //!    `bigfiles` at scale 0.25, zstd) on fresh stacks each round: local; s3 cold (node A on a
 //!    fresh prefix uploads every blob); s3 shared (node B on A's prefix: containerd's importer
 //!    writes every blob without naming its digest, so B ingests each one, finds it in the
-//!    bucket at the commit and uploads nothing). No import on a node that already holds the
-//!    blobs: strata-content answers such a commit with AlreadyExists, after which containerd's
-//!    proxy writer records the last digest strata sent it, which strata omits while its
-//!    hashing thread lags, so containerd then misses layers (docs/benchmarks.md).
+//!    bucket at the commit and uploads nothing); and warm: the same archive imported again
+//!    into a new namespace on the local stack and on node A, which hold every blob already
+//!    (each commit finds its blob stored).
 //!
 //! ```sh
 //! cargo build --release --bins
@@ -464,9 +463,16 @@ fn content_process(stack: &Stack) -> &StrataProcess {
 
 /// `ctr images import ARCHIVE` once Garage (`garage`) is idle; its wall time in seconds.
 fn timed_import(stack: &Stack, archive: &Path, garage: &[u32]) -> f64 {
+    timed_import_in(stack, archive, garage, stack.containerd.namespace())
+}
+
+/// `ctr -n NAMESPACE images import ARCHIVE`, timed after the machine settles.
+fn timed_import_in(stack: &Stack, archive: &Path, garage: &[u32], namespace: &str) -> f64 {
     settle(garage);
     let t = Instant::now();
     stack.containerd.ctr_ok(&[
+        OsStr::new("-n"),
+        OsStr::new(namespace),
         OsStr::new("images"),
         OsStr::new("import"),
         archive.as_os_str(),
@@ -477,7 +483,9 @@ fn timed_import(stack: &Stack, archive: &Path, garage: &[u32]) -> f64 {
 #[derive(Default)]
 struct ImportFigures {
     local: Vec<f64>,
+    local_warm: Vec<f64>,
     cold: Vec<f64>,
+    warm: Vec<f64>,
     shared: Vec<f64>,
     cold_rss: Vec<f64>,
 }
@@ -498,6 +506,9 @@ fn imports(fleet: &Fleet, version: Version, rounds: usize) {
     for round in 0..rounds {
         let local = import_stack(version, Vec::new());
         f.local.push(timed_import(&local, &archive, &garage));
+        let again = unique_name("warm");
+        f.local_warm
+            .push(timed_import_in(&local, &archive, &garage, &again));
         drop(local);
 
         let prefix = format!("{}/", unique_name("bench-import"));
@@ -535,6 +546,12 @@ fn imports(fleet: &Fleet, version: Version, rounds: usize) {
             describe_cpu(&cpu.stop(), &labels)
         );
         f.cold_rss.push(peak_rss(content_process(&a).pid()) as f64);
+        let again = unique_name("warm");
+        f.warm.push(timed_import_in(&a, &archive, &garage, &again));
+        println!(
+            "round {round} s3 warm import (A again, new namespace): {:.2} s; local warm {:.2} s",
+            f.warm[round], f.local_warm[round]
+        );
 
         let b = import_stack(version, fleet.config_args(1, &prefix, "b"));
         f.shared.push(timed_import(&b, &archive, &garage));
@@ -575,6 +592,13 @@ fn imports(fleet: &Fleet, version: Version, rounds: usize) {
         ),
     ] {
         println!("| {name} | {:.2} | {:.2}x |", median(v), median(v) / l);
+    }
+    let lw = median(&f.local_warm);
+    println!("\nImported again into a new namespace (every blob already held):\n");
+    println!("| store | import s | vs local |");
+    println!("|---|---|---|");
+    for (name, v) in [("local", &f.local_warm), ("s3 warm (A)", &f.warm)] {
+        println!("| {name} | {:.2} | {:.2}x |", median(v), median(v) / lw);
     }
     println!(
         "\npeak RSS of A's strata-content over its whole life (the cold import): {:.0} MiB \
