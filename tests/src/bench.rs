@@ -235,7 +235,8 @@ pub async fn write_blob(
     }
 }
 
-/// The bytes of blob `d` (one Read call, no namespace).
+/// The bytes of blob `d` (one Read call, no namespace), checking that its messages come in
+/// order.
 pub async fn read_blob(c: &mut ContentClient<Channel>, d: &str) -> Result<Vec<u8>, tonic::Status> {
     let mut s = c
         .read(ReadContentRequest {
@@ -247,6 +248,13 @@ pub async fn read_blob(c: &mut ContentClient<Channel>, d: &str) -> Result<Vec<u8
         .into_inner();
     let mut out = Vec::new();
     while let Some(m) = s.message().await? {
+        if m.offset != out.len() as i64 {
+            return Err(tonic::Status::internal(format!(
+                "read of {d}: chunk at {} after {} bytes",
+                m.offset,
+                out.len()
+            )));
+        }
         out.extend_from_slice(&m.data);
     }
     Ok(out)

@@ -11,10 +11,11 @@ use std::time::Duration;
 use strata_common::client::unix_channel;
 use strata_proto::content::content_client::ContentClient;
 use strata_proto::content::{
-    DeleteContentRequest, InfoRequest, ListContentRequest, ListStatusesRequest, ReadContentRequest,
-    WriteAction, WriteContentRequest, WriteContentResponse,
+    DeleteContentRequest, InfoRequest, ListContentRequest, ListStatusesRequest, WriteAction,
+    WriteContentRequest, WriteContentResponse,
 };
 use strata_tests::PluginKind;
+use strata_tests::bench::read_blob;
 use strata_tests::tmp::TestDir;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -135,29 +136,6 @@ pub fn run() {
     assert!(count(State::Stored) > 0, "the workload stored nothing");
 }
 
-async fn read_all(c: &mut Client, digest: &str) -> Result<Vec<u8>, Status> {
-    let mut s = c
-        .read(ReadContentRequest {
-            digest: digest.to_string(),
-            offset: 0,
-            size: 0,
-        })
-        .await?
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(m) = s.message().await? {
-        if m.offset != out.len() as i64 {
-            return Err(Status::internal(format!(
-                "read of {digest}: chunk at {} after {} bytes",
-                m.offset,
-                out.len()
-            )));
-        }
-        out.extend_from_slice(&m.data);
-    }
-    Ok(out)
-}
-
 /// Checks the store against the model after a restart and settles what was in flight:
 /// acknowledged blobs read back whole, deleted ones are gone, blobs in flight are whole or
 /// absent, List and ListStatuses name nothing unknown, abandoned ingests are there at their
@@ -198,7 +176,7 @@ async fn check(socket: &Path, model: &Shared, resume_all: bool) -> Result<(), St
             Err(e) => return Err(format!("Info {}: {e}", b.digest)),
         };
         if present {
-            let got = read_all(&mut c, &b.digest)
+            let got = read_blob(&mut c, &b.digest)
                 .await
                 .map_err(|e| format!("Read {}: {e}", b.digest))?;
             if strata_testkit::sha256_digest(&got) != b.digest || got.len() != b.len {
@@ -329,7 +307,7 @@ async fn worker(socket: &Path, model: &Shared, stop: &AtomicBool, seed: u64) -> 
                     continue;
                 };
                 let b = lock(model).blobs[id].clone();
-                match read_all(&mut c, &b.digest).await {
+                match read_blob(&mut c, &b.digest).await {
                     Ok(got) if strata_testkit::sha256_digest(&got) == b.digest => Ok(()),
                     Ok(_) => return Err(format!("blob {id} read back other bytes")),
                     // Deleted meanwhile by another worker.
