@@ -873,12 +873,9 @@ fn idmapped_snapshots_containerd_1_7() {
     );
 }
 
-/// A size limit asked through containerd (`ctr run --snapshotter-label
-/// containerd.io/snapshot/max-size=...`) reaches strata; where its root has no project quotas
-/// (this machine's: its kernel has no ext4/xfs quota support) strata said so at start-up and
-/// refuses the container's snapshot instead of ignoring the limit, and an unlimited container
-/// still runs.
-fn size_limits_without_quotas_are_refused(version: Version) {
+/// A stack whose snapshotter said `said` at start-up (else fails with `why` and its log), with
+/// busybox imported.
+fn start_saying(version: Version, said: &str, why: &str) -> (Stack, strata_testkit::image::Image) {
     let stack = start(version);
     let log = stack
         .plugins
@@ -887,13 +884,20 @@ fn size_limits_without_quotas_are_refused(version: Version) {
         .log_path()
         .to_path_buf();
     let text = std::fs::read_to_string(&log).expect("snapshotter log");
-    assert!(
-        text.contains("size limits unavailable"),
-        "start-up says so:\n{text}"
-    );
+    assert!(text.contains(said), "{why}:\n{text}");
     let image =
         strata_testkit::fixtures::busybox(Compression::Gzip).expect("building the busybox fixture");
     import(&stack, &image, "busybox");
+    (stack, image)
+}
+
+/// A size limit asked through containerd (`ctr run --snapshotter-label
+/// containerd.io/snapshot/max-size=...`) reaches strata; where its root has no project quotas
+/// (this machine's: its kernel has no ext4/xfs quota support) strata said so at start-up and
+/// refuses the container's snapshot instead of ignoring the limit, and an unlimited container
+/// still runs.
+fn size_limits_without_quotas_are_refused(version: Version) {
+    let (stack, image) = start_saying(version, "size limits unavailable", "start-up says so");
     let id = unique_name("limited");
     let out = stack.containerd.ctr(&[
         "run",
@@ -943,21 +947,11 @@ fn size_limits_without_quotas_are_refused_containerd_2() {
 #[test]
 #[ignore = "needs $STRATA_TEST_TMPDIR on a file system with project quotas; scripts/quota-vm.sh runs it"]
 fn size_limited_container_containerd_2() {
-    let stack = start(Version::V2);
-    let log = stack
-        .plugins
-        .get(PluginKind::Snapshotter)
-        .expect("snapshotter running")
-        .log_path()
-        .to_path_buf();
-    let text = std::fs::read_to_string(&log).expect("snapshotter log");
-    assert!(
-        text.contains("project quotas enforced"),
-        "strata's root must be on a file system with project quotas:\n{text}"
+    let (stack, image) = start_saying(
+        Version::V2,
+        "project quotas enforced",
+        "strata's root must be on a file system with project quotas",
     );
-    let image =
-        strata_testkit::fixtures::busybox(Compression::Gzip).expect("building the busybox fixture");
-    import(&stack, &image, "busybox");
     let limited = unique_name("limited");
     let out = stack.containerd.ctr(&[
         "run",
