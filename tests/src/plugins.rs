@@ -288,6 +288,9 @@ pub struct PluginsOptions {
     pub content_address: Option<PathBuf>,
     /// Extra arguments per plugin, after the standard ones.
     pub extra_args: Vec<(PluginKind, Vec<OsString>)>,
+    /// Give the differ strata-content's root as `--content-root` (it is started first), as
+    /// `deploy/strata/differ.toml` does when strata-content is the store.
+    pub differ_reads_strata_blobs: bool,
 }
 
 impl PluginsOptions {
@@ -296,6 +299,7 @@ impl PluginsOptions {
             start,
             content_address: None,
             extra_args: Vec::new(),
+            differ_reads_strata_blobs: false,
         }
     }
 
@@ -341,6 +345,13 @@ impl Plugins {
                 })?;
                 args.push("--content-address".into());
                 args.push(content.clone().into());
+                if options.differ_reads_strata_blobs {
+                    let store = plugins.content.as_ref().ok_or_else(|| {
+                        Error::new("the differ reads strata-content's blobs: start strata-content")
+                    })?;
+                    args.push("--content-root".into());
+                    args.push(store.root().into());
+                }
             }
             for (k, extra) in &options.extra_args {
                 if *k == kind {

@@ -25,9 +25,9 @@ pub struct StackOptions {
     pub disabled_plugins: Vec<String>,
     /// More TOML tables for containerd's config, after the proxy wiring.
     pub extra_toml: String,
-    /// Give strata-differ containerd's content directory (`--content-root`), so Apply reads
-    /// layer blobs from disk instead of through the content service. Only with containerd's
-    /// built-in content store.
+    /// Give strata-differ the content store's directory (`--content-root`: containerd's, or
+    /// strata-content's when that is wired), so Apply reads layer blobs from disk instead of
+    /// through the content service.
     pub differ_reads_blob_files: bool,
     /// More arguments per plugin, after the standard ones (e.g. strata-content's
     /// `--config FILE`).
@@ -113,6 +113,8 @@ impl Stack {
         // Reserve containerd's dir first: the differ needs its socket path, and dials lazily.
         let dir = ContainerdDir::new()?;
         let mut plugin_options = PluginsOptions::new(options.start).content_address(dir.socket());
+        plugin_options.differ_reads_strata_blobs =
+            options.differ_reads_blob_files && options.wire.content;
         if options.differ_reads_blob_files && !options.wire.content {
             plugin_options.extra_args.push((
                 PluginKind::Differ,
