@@ -16,6 +16,9 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+# The benchmark command in quick mode, on the debug builds: keeps it working end to end on
+# both containerd releases; its figures say nothing about speed.
+target/debug/strata-bench --quick --containerd 2,1.7
 # Size limits need project quotas, which this machine's kernel lacks: the snapshotter's quota
 # tests and a size-limited container on containerd 2.x run in a VM booting Debian's kernel.
 scripts/quota-vm.sh
