@@ -10,8 +10,10 @@
 //! async_remove = true       # Remove drops metadata only; Cleanup (containerd's GC) frees disk
 //! mount_options = []        # appended to every overlay mount, as containerd's `mount_options`
 //! durability = "full"       # or "process": no sync per call, see [`Durability`]
-//! remap_ids = false         # true: id-mapping labels become uidmap=/gidmap= mount options;
+//! remap_ids = false         # true: snapshots with id-mapping labels get shifted ownership;
 //!                           # declare capabilities = ["remap-ids"] in containerd with it
+//! remap_method = "auto"     # "idmap": uidmap=/gidmap= mount options (Linux 5.19+); "copy": a
+//!                           # chowned copy of the parent; "auto": idmap where the kernel can
 //! max_size = 0              # bytes; a size limit for containers' snapshots without the
 //!                           # containerd.io/snapshot/max-size label (0: none)
 //! project_id_base = 1000000 # project quota ids are this plus the snapshot id
@@ -82,6 +84,21 @@ pub enum Durability {
     Process,
 }
 
+/// How a snapshot with id-mapping labels gets its shifted ownership (with `remap_ids`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RemapMethod {
+    /// `idmap` where the kernel has id-mapped mounts for overlayfs, else `copy`.
+    #[default]
+    Auto,
+    /// `uidmap=`/`gidmap=` mount options, from which containerd 2.x's mount code id-maps the
+    /// lower layers; refused at start-up on a kernel without id-mapped mounts.
+    Idmap,
+    /// A chowned copy of the parent chain's merged tree, shared by every snapshot with the
+    /// same parent and mapping, as the single lower layer; plain mount options.
+    Copy,
+}
+
 /// The `[snapshotter]` table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -94,13 +111,15 @@ pub struct SnapshotterConfig {
     pub mount_options: Vec<String>,
     pub durability: Durability,
     /// Hand out id-mapped snapshots (`containerd.io/snapshot/uidmapping` and `gidmapping`
-    /// labels) as `uidmap=`/`gidmap=` mount options, from which containerd 2.x's mount code
-    /// id-maps the lower layers. Must agree with `capabilities = ["remap-ids"]` in containerd's
-    /// `[proxy_plugins]` entry, which containerd cannot learn from a proxy: without that
-    /// capability containerd's client copies and chowns the layers itself and still sends the
-    /// labels, which would then shift the ids twice. Needs overlayfs mode and a kernel with
-    /// id-mapped mounts (5.19+); the server refuses to start otherwise.
+    /// labels) with their ownership shifted, as `remap_method` says. Must agree with
+    /// `capabilities = ["remap-ids"]` in containerd's `[proxy_plugins]` entry, which containerd
+    /// cannot learn from a proxy: without that capability containerd's client copies and
+    /// chowns the layers itself and still sends the labels, which would then shift the ids
+    /// twice. Needs overlayfs mode; the server refuses to start otherwise.
     pub remap_ids: bool,
+    /// How `remap_ids` shifts ownership: kernel id-mapped mounts, a chowned copy, or the
+    /// first where the kernel has it (the default).
+    pub remap_method: RemapMethod,
     /// The size limit, in bytes, of every active snapshot that has no
     /// `containerd.io/snapshot/max-size` label, except those containerd unpacks layers into
     /// (keys `extract-...`) and the client's chowned image copies (keys `...-remap`); 0 for
@@ -120,6 +139,7 @@ impl Default for SnapshotterConfig {
             mount_options: Vec::new(),
             durability: Durability::Full,
             remap_ids: false,
+            remap_method: RemapMethod::Auto,
             max_size: 0,
             project_id_base: 1_000_000,
         }
@@ -152,14 +172,21 @@ mod tests {
         assert_eq!(c.snapshotter.mode, Mode::Overlayfs);
         assert_eq!(c.snapshotter.durability, Durability::Full);
         assert!(!c.snapshotter.remap_ids);
+        assert_eq!(c.snapshotter.remap_method, RemapMethod::Auto);
     }
 
     #[test]
     fn mode_and_options_parse_and_unknown_keys_fail() {
         let c = parse(&format!(
-            "{SERVER}[snapshotter]\nmode = \"native\"\nasync_remove = false\nmount_options = [\"volatile\"]\ndurability = \"process\"\nremap_ids = true\n"
+            "{SERVER}[snapshotter]\nmode = \"native\"\nasync_remove = false\nmount_options = [\"volatile\"]\ndurability = \"process\"\nremap_ids = true\nremap_method = \"copy\"\n"
         ))
         .unwrap();
+        assert_eq!(c.snapshotter.remap_method, RemapMethod::Copy);
+        let err = parse(&format!(
+            "{SERVER}[snapshotter]\nremap_method = \"chown\"\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("chown"), "{err}");
         assert_eq!(c.snapshotter.mode, Mode::Native);
         assert!(!c.snapshotter.async_remove);
         assert_eq!(c.snapshotter.mount_options, ["volatile"]);

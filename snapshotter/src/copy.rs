@@ -1,64 +1,125 @@
 //! A full copy of a snapshot's tree for the `native` mode (containerd's native snapshotter
 //! copies the parent with `continuity/fs.CopyDir`): contents, modes, owners, timestamps,
 //! extended attributes, symlinks, device nodes and fifos, and hardlinks kept as hardlinks.
+//!
+//! The same copy, with owners shifted by an id map, is the lower layer of id-mapped snapshots
+//! when `remap_method` copies ([`copy_dir_shifted`]).
 
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use crate::idmap::{IdMap, IdMapError};
+
+/// The xattr holding a file's capabilities, whose root uid a shifted copy maps too.
+const CAPABILITY_XATTR: &[u8] = b"security.capability";
+
+/// Why a shifted copy failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    /// A file's owner is outside the mapping: containerd's client refuses to chown it too.
+    #[error("{}: {source}", path.display())]
+    Unmapped { path: PathBuf, source: IdMapError },
+    #[error("{}: {why}", path.display())]
+    Capability { path: PathBuf, why: String },
+}
+
+fn at(path: &Path) -> impl FnOnce(io::Error) -> CopyError + '_ {
+    move |source| CopyError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
 
 /// Copies the contents of `src` into the existing directory `dst` and gives `dst` the
 /// metadata of `src`.
 pub fn copy_dir(src: &Path, dst: &Path) -> io::Result<()> {
+    copy_tree(src, dst, None).map_err(|e| match e {
+        CopyError::Io { source, .. } => source,
+        other => io::Error::other(other.to_string()),
+    })
+}
+
+/// [`copy_dir`] with every owner shifted to the host ids `map` gives it, exactly as
+/// containerd's client chowns its copy of an image (`remapRootFS`): an owner outside the map
+/// fails the copy, set-id bits stay, and file capabilities are rooted at the mapped root.
+/// `src` must not change meanwhile; it is never written.
+pub fn copy_dir_shifted(src: &Path, dst: &Path, map: &IdMap) -> Result<(), CopyError> {
+    copy_tree(src, dst, Some(map))
+}
+
+fn copy_tree(src: &Path, dst: &Path, map: Option<&IdMap>) -> Result<(), CopyError> {
     let mut links: HashMap<(u64, u64), std::path::PathBuf> = HashMap::new();
     let mut dirs = Vec::new();
     for entry in walkdir::WalkDir::new(src)
         .follow_links(false)
         .same_file_system(true)
     {
-        let entry = entry.map_err(io::Error::from)?;
-        let rel = entry
-            .path()
+        let entry = entry.map_err(|e| {
+            let path = e.path().unwrap_or(src).to_path_buf();
+            CopyError::Io {
+                path,
+                source: io::Error::from(e),
+            }
+        })?;
+        let from = entry.path();
+        let rel = from
             .strip_prefix(src)
-            .map_err(|e| io::Error::other(e.to_string()))?;
+            .map_err(|e| at(from)(io::Error::other(e.to_string())))?;
         let to = dst.join(rel);
-        let md = entry.path().symlink_metadata()?;
+        let md = from.symlink_metadata().map_err(at(from))?;
+        let owner = match map {
+            Some(m) => m
+                .to_host(md.uid(), md.gid())
+                .map_err(|source| CopyError::Unmapped {
+                    path: Path::new("/").join(rel),
+                    source,
+                })?,
+            None => (md.uid(), md.gid()),
+        };
         let ft = md.file_type();
         if ft.is_dir() {
             if !rel.as_os_str().is_empty() {
-                std::fs::create_dir(&to)?;
+                std::fs::create_dir(&to).map_err(at(&to))?;
             }
             // Directory metadata last: a read-only dir must stay writable while filled, and
             // its mtime changes as entries arrive.
-            dirs.push((entry.path().to_path_buf(), to, md));
+            dirs.push((from.to_path_buf(), to, md, owner));
             continue;
         }
         if md.nlink() > 1 && !ft.is_dir() {
             if let Some(first) = links.get(&(md.dev(), md.ino())) {
-                std::fs::hard_link(first, &to)?;
+                std::fs::hard_link(first, &to).map_err(at(&to))?;
                 continue;
             }
             links.insert((md.dev(), md.ino()), to.clone());
         }
-        if ft.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &to)?;
-        } else if ft.is_file() {
-            let mut r = std::fs::File::open(entry.path())?;
-            let mut w = std::fs::File::create(&to)?;
-            io::copy(&mut r, &mut w)?;
-        } else {
-            let c = cpath(&to)?;
-            // SAFETY: mknod on a NUL-terminated path we own.
-            if unsafe { libc::mknod(c.as_ptr(), md.mode(), md.rdev()) } != 0 {
-                return Err(io::Error::last_os_error());
+        (|| {
+            if ft.is_symlink() {
+                std::os::unix::fs::symlink(std::fs::read_link(from)?, &to)
+            } else if ft.is_file() {
+                let mut r = std::fs::File::open(from)?;
+                let mut w = std::fs::File::create(&to)?;
+                io::copy(&mut r, &mut w).map(drop)
+            } else {
+                let c = cpath(&to)?;
+                // SAFETY: mknod on a NUL-terminated path we own.
+                if unsafe { libc::mknod(c.as_ptr(), md.mode(), md.rdev()) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
             }
-        }
-        apply_metadata(entry.path(), &to, &md)?;
+        })()
+        .map_err(at(&to))?;
+        apply_metadata(from, &to, &md, owner, map)?;
     }
-    for (from, to, md) in dirs.into_iter().rev() {
-        apply_metadata(&from, &to, &md)?;
+    for (from, to, md, owner) in dirs.into_iter().rev() {
+        apply_metadata(&from, &to, &md, owner, map)?;
     }
     Ok(())
 }
@@ -68,13 +129,24 @@ fn cpath(p: &Path) -> io::Result<CString> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
 }
 
-fn apply_metadata(from: &Path, to: &Path, md: &std::fs::Metadata) -> io::Result<()> {
-    std::os::unix::fs::lchown(to, Some(md.uid()), Some(md.gid()))?;
-    copy_xattrs(from, to)?;
+fn apply_metadata(
+    from: &Path,
+    to: &Path,
+    md: &std::fs::Metadata,
+    (uid, gid): (u32, u32),
+    map: Option<&IdMap>,
+) -> Result<(), CopyError> {
+    // Owner first: chown clears set-id bits and file capabilities, which follow.
+    std::os::unix::fs::lchown(to, Some(uid), Some(gid)).map_err(at(to))?;
+    copy_xattrs(from, to, map)?;
     if !md.file_type().is_symlink() {
-        // After chown, which clears set-id bits.
-        std::fs::set_permissions(to, std::fs::Permissions::from_mode(md.mode() & 0o7777))?;
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(md.mode() & 0o7777))
+            .map_err(at(to))?;
     }
+    set_times(to, md).map_err(at(to))
+}
+
+fn set_times(to: &Path, md: &std::fs::Metadata) -> io::Result<()> {
     let times = [
         libc::timespec {
             tv_sec: md.atime(),
@@ -101,7 +173,31 @@ fn apply_metadata(from: &Path, to: &Path, md: &std::fs::Metadata) -> io::Result<
     Ok(())
 }
 
-fn copy_xattrs(from: &Path, to: &Path) -> io::Result<()> {
+fn copy_xattrs(from: &Path, to: &Path, map: Option<&IdMap>) -> Result<(), CopyError> {
+    copy_xattrs_io(from, to, map).map_err(|e| match e {
+        XattrError::Io(source) => CopyError::Io {
+            path: from.to_path_buf(),
+            source,
+        },
+        XattrError::Capability(why) => CopyError::Capability {
+            path: from.to_path_buf(),
+            why,
+        },
+    })
+}
+
+enum XattrError {
+    Io(io::Error),
+    Capability(String),
+}
+
+impl From<io::Error> for XattrError {
+    fn from(e: io::Error) -> Self {
+        XattrError::Io(e)
+    }
+}
+
+fn copy_xattrs_io(from: &Path, to: &Path, map: Option<&IdMap>) -> Result<(), XattrError> {
     let cf = cpath(from)?;
     let ct = cpath(to)?;
     // SAFETY: size query with a null buffer.
@@ -113,7 +209,7 @@ fn copy_xattrs(from: &Path, to: &Path) -> io::Result<()> {
     // SAFETY: buffer of the size just reported.
     let len = unsafe { libc::llistxattr(cf.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
     if len < 0 {
-        return Err(io::Error::last_os_error());
+        return Err(io::Error::last_os_error().into());
     }
     names.truncate(usize::try_from(len).unwrap_or(0));
     for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
@@ -121,7 +217,7 @@ fn copy_xattrs(from: &Path, to: &Path) -> io::Result<()> {
         // SAFETY: size query.
         let vlen = unsafe { libc::lgetxattr(cf.as_ptr(), cn.as_ptr(), std::ptr::null_mut(), 0) };
         if vlen < 0 {
-            return Err(io::Error::last_os_error());
+            return Err(io::Error::last_os_error().into());
         }
         let mut value = vec![0u8; usize::try_from(vlen).unwrap_or(0)];
         // SAFETY: buffer of the size just reported.
@@ -134,9 +230,20 @@ fn copy_xattrs(from: &Path, to: &Path) -> io::Result<()> {
             )
         };
         if vlen < 0 {
-            return Err(io::Error::last_os_error());
+            return Err(io::Error::last_os_error().into());
         }
         value.truncate(usize::try_from(vlen).unwrap_or(0));
+        if let Some(m) = map
+            && name == CAPABILITY_XATTR
+        {
+            match m
+                .shift_file_capability(&value)
+                .map_err(XattrError::Capability)?
+            {
+                Some(v) => value = v,
+                None => continue,
+            }
+        }
         // SAFETY: valid name and value buffer.
         if unsafe {
             libc::lsetxattr(
@@ -148,7 +255,7 @@ fn copy_xattrs(from: &Path, to: &Path) -> io::Result<()> {
             )
         } != 0
         {
-            return Err(io::Error::last_os_error());
+            return Err(io::Error::last_os_error().into());
         }
     }
     Ok(())

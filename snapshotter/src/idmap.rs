@@ -81,11 +81,7 @@ impl RemapLabels {
         if self.is_empty() {
             return Ok(None);
         }
-        let map = IdMap::parse(
-            self.uidmap.as_deref().unwrap_or(""),
-            self.gidmap.as_deref().unwrap_or(""),
-        )?;
-        map.root_pair().map(Some)
+        self.id_map()?.root_pair().map(Some)
     }
 }
 
@@ -101,7 +97,78 @@ impl IdMap {
 
     /// The host ids of container root (containerd's `RootPair`).
     pub fn root_pair(&self) -> Result<(u32, u32), IdMapError> {
-        Ok((to_host(0, &self.uids)?, to_host(0, &self.gids)?))
+        self.to_host(0, 0)
+    }
+
+    /// The host uid and gid a container's `uid` and `gid` map to (containerd's `ToHost`).
+    pub fn to_host(&self, uid: u32, gid: u32) -> Result<(u32, u32), IdMapError> {
+        Ok((to_host(uid, &self.uids)?, to_host(gid, &self.gids)?))
+    }
+
+    /// The value of a file's `security.capability` xattr for the copy shifted by this map,
+    /// as containerd's client restores it after its chown (`remapFileCapabilities`): revision
+    /// 3, its root uid (0 for revisions 1 and 2) mapped to the host. `None`: drop it, which
+    /// containerd's chown does for a revision 3 root that no range covers.
+    pub fn shift_file_capability(&self, caps: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        const REVISION_MASK: u32 = 0xff00_0000;
+        const EFFECTIVE: u32 = 1;
+        let word = |at: usize| -> Option<u32> {
+            let b = caps.get(at..at + 4)?;
+            Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        let magic =
+            word(0).ok_or_else(|| format!("invalid file capability length {}", caps.len()))?;
+        let revision = magic & REVISION_MASK;
+        let size = match revision {
+            0x0100_0000 => 12,
+            0x0200_0000 => 20,
+            0x0300_0000 => 24,
+            _ => {
+                return Err(format!(
+                    "unsupported file capability revision {revision:#x}"
+                ));
+            }
+        };
+        if caps.len() != size || magic & !(REVISION_MASK | EFFECTIVE) != 0 {
+            return Err("invalid file capability encoding".into());
+        }
+        let root = if size == 24 { word(20).unwrap_or(0) } else { 0 };
+        let host = match to_host(root, &self.uids) {
+            Ok(h) => h,
+            Err(e) => {
+                // A revision 3 root outside every valid range cannot be said in the new
+                // namespace: containerd lets the chown clear the capability.
+                let droppable = size == 24
+                    && u64::from(root) != INVALID_ID
+                    && !self.uids.is_empty()
+                    && self.uids.iter().all(|r| {
+                        r.size != 0
+                            && u64::from(r.container_id) + u64::from(r.size) <= INVALID_ID
+                            && u64::from(r.host_id) + u64::from(r.size) <= INVALID_ID
+                            && !(root >= r.container_id && root - r.container_id < r.size)
+                    });
+                return if droppable {
+                    Ok(None)
+                } else {
+                    Err(e.to_string())
+                };
+            }
+        };
+        let mut out = vec![0u8; 24];
+        out[..caps.len().min(24)].copy_from_slice(&caps[..caps.len().min(24)]);
+        out[..4].copy_from_slice(&(0x0300_0000 | (magic & EFFECTIVE)).to_le_bytes());
+        out[20..24].copy_from_slice(&host.to_le_bytes());
+        Ok(Some(out))
+    }
+}
+
+impl RemapLabels {
+    /// The parsed mapping (containerd's `IDMap.Unmarshal` of the two labels).
+    pub fn id_map(&self) -> Result<IdMap, IdMapError> {
+        IdMap::parse(
+            self.uidmap.as_deref().unwrap_or(""),
+            self.gidmap.as_deref().unwrap_or(""),
+        )
     }
 }
 
@@ -280,6 +347,44 @@ mod tests {
         assert_eq!(m.root_pair(), Ok((7, 0)));
         // An empty list maps root to itself; so does a missing label.
         assert_eq!(IdMap::default().root_pair(), Ok((0, 0)));
+    }
+
+    #[test]
+    fn ids_map_like_containerds_to_host() {
+        let m = IdMap::parse("0:100000:65536", "0:200000:10,10:300000:5").unwrap();
+        assert_eq!(m.to_host(1000, 12), Ok((101000, 300002)));
+        assert_eq!(m.to_host(70000, 0), Err(IdMapError::Unmapped(70000)));
+        assert_eq!(m.to_host(0, 15), Err(IdMapError::Unmapped(15)));
+        // No ranges: ids stay.
+        assert_eq!(IdMap::default().to_host(70000, 5), Ok((70000, 5)));
+    }
+
+    #[test]
+    fn file_capabilities_are_rooted_at_the_mapped_root() {
+        let m = IdMap::parse("0:100000:65536", "").unwrap();
+        // Revision 2 (20 bytes, effective bit set): becomes revision 3 rooted at 100000.
+        let mut v2 = vec![0u8; 20];
+        v2[..4].copy_from_slice(&0x0200_0001u32.to_le_bytes());
+        v2[4..8].copy_from_slice(&0x400u32.to_le_bytes());
+        let v3 = m.shift_file_capability(&v2).unwrap().unwrap();
+        assert_eq!(v3.len(), 24);
+        assert_eq!(v3[..4], 0x0300_0001u32.to_le_bytes());
+        assert_eq!(v3[4..20], v2[4..20]);
+        assert_eq!(v3[20..], 100000u32.to_le_bytes());
+        // Revision 3 rooted at container uid 5: at 100005.
+        let mut r5 = v3.clone();
+        r5[20..].copy_from_slice(&5u32.to_le_bytes());
+        let out = m.shift_file_capability(&r5).unwrap().unwrap();
+        assert_eq!(out[20..], 100005u32.to_le_bytes());
+        // Rooted outside the ranges: dropped, as containerd's chown lets it go.
+        r5[20..].copy_from_slice(&70000u32.to_le_bytes());
+        assert_eq!(m.shift_file_capability(&r5), Ok(None));
+        // Garbage is an error.
+        assert!(m.shift_file_capability(&[1, 2]).is_err());
+        assert!(m.shift_file_capability(&[0u8; 20]).is_err());
+        let mut long = v2.clone();
+        long.push(0);
+        assert!(m.shift_file_capability(&long).is_err());
     }
 
     #[test]

@@ -4,8 +4,10 @@
 //! <root>/metadata.db           SQLite (WAL) metadata
 //! <root>/snapshots/<id>/fs     the snapshot's files (overlay upper dir, or the full copy)
 //! <root>/snapshots/<id>/work   overlay work dir (active snapshots only)
-//! <root>/snapshots/new-<pid>-<n> a snapshot being created; renamed to <id> inside the
-//!                              transaction that inserts its row
+//! <root>/snapshots/new-<pid>-<n> a snapshot (or shifted copy) being created; renamed to
+//!                              <id> (or r<id>) inside the transaction that inserts its row
+//! <root>/snapshots/r<id>/fs    a shifted copy of a parent chain (`remap_method = "copy"`),
+//!                              the one lower layer of the id-mapped snapshots standing on it
 //! ```
 //!
 //! Ids are small decimal numbers so a 128-layer `lowerdir=` stays short (containerd also
@@ -18,6 +20,8 @@ use std::path::{Path, PathBuf};
 
 /// The prefix of directories still being built.
 pub const TEMP_PREFIX: &str = "new-";
+/// The prefix of shifted copies' directories.
+pub const REMAP_PREFIX: &str = "r";
 
 #[derive(Clone, Debug)]
 pub struct Layout {
@@ -53,6 +57,15 @@ impl Layout {
         self.snapshot_dir(id).join("work")
     }
 
+    /// The directory of shifted copy `id` (a row of `remaps`).
+    pub fn remap_dir(&self, id: u64) -> PathBuf {
+        self.snapshots_dir().join(format!("{REMAP_PREFIX}{id}"))
+    }
+
+    pub fn remap_fs(&self, id: u64) -> PathBuf {
+        self.remap_dir(id).join("fs")
+    }
+
     /// A temporary directory's name: unique within this process (`n`) and across restarts
     /// (the pid), so a leftover that could not be deleted never collides with a new one.
     pub fn temp_name(n: u64) -> String {
@@ -73,6 +86,11 @@ pub fn parse_id(name: &str) -> Option<u64> {
     name.parse().ok()
 }
 
+/// The shifted copy a directory name under `snapshots/` stands for, if it is one.
+pub fn parse_remap_id(name: &str) -> Option<u64> {
+    name.strip_prefix(REMAP_PREFIX).and_then(parse_id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +109,10 @@ mod tests {
         assert_eq!(parse_id("new-3"), None);
         assert_eq!(parse_id("012"), None);
         assert_eq!(parse_id("-1"), None);
+        assert_eq!(l.remap_fs(4), Path::new("/r/snapshots/r4/fs"));
+        assert_eq!(parse_remap_id("r4"), Some(4));
+        assert_eq!(parse_remap_id("4"), None);
+        assert_eq!(parse_remap_id("r04"), None);
+        assert_eq!(parse_id("r4"), None);
     }
 }

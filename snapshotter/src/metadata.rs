@@ -72,17 +72,30 @@ pub struct Usage {
     pub inodes: i64,
 }
 
-/// What mounts need: the id, the ids of the parent chain (nearest first) and the id-mapping
-/// labels.
+/// What mounts need: the id, the ids of the parent chain (nearest first), the id-mapping
+/// labels, and the shifted copy of the parent chain that stands in for it, if any.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
     pub id: u64,
     pub kind: Kind,
     pub parent_ids: Vec<u64>,
     pub remap: RemapLabels,
+    /// The id of the row in `remaps` whose copy is this snapshot's only lower layer.
+    pub remap_copy: Option<u64>,
 }
 
-const SCHEMA_VERSION: i64 = 1;
+/// What [`remove`] deleted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Removed {
+    pub id: u64,
+    pub kind: Kind,
+    /// A shifted copy no snapshot uses any more; its row went in the same transaction.
+    pub remap_copy: Option<u64>,
+}
+
+/// Version 2 added `remaps`, one row per shifted copy of a parent chain (`remap_method =
+/// "copy"`), and the column naming the copy a snapshot stands on.
+const SCHEMA_VERSION: i64 = 2;
 
 /// Opens (creating if needed) the database at `path` in WAL mode with the schema in place.
 pub fn open(path: &std::path::Path) -> Result<Connection> {
@@ -120,12 +133,40 @@ pub fn open(path: &std::path::Path) -> Result<Connection> {
                  COMMIT;",
             )
             .map_err(db("create schema"))?,
-        SCHEMA_VERSION => {}
+        1 | SCHEMA_VERSION => {}
         other => {
             return Err(Error::failed_precondition(format!(
                 "{} has schema version {other}; this strata-snapshotter knows {SCHEMA_VERSION}",
                 path.display()
             )));
+        }
+    }
+    if version < SCHEMA_VERSION {
+        // The version is read again inside the transaction: another connection of this
+        // process may have migrated meanwhile.
+        conn.execute_batch("BEGIN IMMEDIATE")
+            .map_err(db("begin migration"))?;
+        let migrated = (|| {
+            let now: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            if now < 2 {
+                conn.execute_batch(
+                    "CREATE TABLE remaps (
+                         id        INTEGER PRIMARY KEY AUTOINCREMENT,
+                         parent_id INTEGER NOT NULL REFERENCES snapshots(id),
+                         uidmap    TEXT NOT NULL,
+                         gidmap    TEXT NOT NULL,
+                         UNIQUE (parent_id, uidmap, gidmap)
+                     );
+                     ALTER TABLE snapshots ADD COLUMN remap_id INTEGER REFERENCES remaps(id);
+                     CREATE INDEX snapshots_remap ON snapshots(remap_id);
+                     PRAGMA user_version = 2;",
+                )?;
+            }
+            conn.execute_batch("COMMIT")
+        })();
+        if let Err(e) = migrated {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(db("migrate schema to version 2")(e));
         }
     }
     Ok(conn)
@@ -328,15 +369,18 @@ pub fn get_info(conn: &Connection, key: &str) -> Result<(Info, u64, Option<Usage
 /// labels (read now, so an Update of them shows in the next Mounts, as in containerd).
 pub fn get_snapshot(conn: &Connection, key: &str) -> Result<Snapshot> {
     let mut stmt = conn
-        .prepare_cached("SELECT id, kind, parent_id, labels FROM snapshots WHERE name = ?1")
+        .prepare_cached(
+            "SELECT id, kind, parent_id, labels, remap_id FROM snapshots WHERE name = ?1",
+        )
         .map_err(db("prepare lookup"))?;
-    let (id, kind, parent_id, labels) = stmt
+    let (id, kind, parent_id, labels, remap_id) = stmt
         .query_row([key], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, i64>(1)?,
                 r.get::<_, Option<i64>>(2)?,
                 r.get::<_, String>(3)?,
+                r.get::<_, Option<i64>>(4)?,
             ))
         })
         .optional()
@@ -364,10 +408,12 @@ pub fn get_snapshot(conn: &Connection, key: &str) -> Result<Snapshot> {
         kind,
         parent_ids,
         remap,
+        remap_copy: remap_id.map(to_id),
     })
 }
 
-/// Inserts an active or view snapshot `key` on the committed `parent` (empty for none).
+/// Inserts an active or view snapshot `key` on the committed `parent` (empty for none),
+/// standing on the shifted copy `remap_copy` (a row of `remaps`) if given.
 pub fn create(
     conn: &Connection,
     kind: Kind,
@@ -375,6 +421,7 @@ pub fn create(
     parent: &str,
     labels: &BTreeMap<String, String>,
     now: SystemTime,
+    remap_copy: Option<u64>,
 ) -> Result<Snapshot> {
     if kind == Kind::Committed {
         return Err(Error::invalid_argument(
@@ -407,8 +454,8 @@ pub fn create(
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     conn.prepare_cached(
-        "INSERT INTO snapshots (name, kind, parent_id, created, updated, labels) \
-         VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
+        "INSERT INTO snapshots (name, kind, parent_id, created, updated, labels, remap_id) \
+         VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -416,7 +463,8 @@ pub fn create(
             kind as i64,
             parent_row.as_ref().map(|p| from_id(p.id)),
             t,
-            encode_labels(&labels).unwrap_or_else(|_| "{}".into())
+            encode_labels(&labels).unwrap_or_else(|_| "{}".into()),
+            remap_copy.map(from_id)
         ])
     })
     .map_err(db(format!("insert snapshot {key:?}")))?;
@@ -430,7 +478,60 @@ pub fn create(
         kind,
         parent_ids,
         remap: RemapLabels::from_labels(&labels),
+        remap_copy,
     })
+}
+
+/// The committed snapshot `name`'s id and the ids of its chain, its own first; `None` when
+/// `name` is missing or not committed (the create that asked then fails on its own terms).
+pub fn committed_chain(conn: &Connection, name: &str) -> Result<Option<(u64, Vec<u64>)>> {
+    match row(conn, name)? {
+        Some(r) if r.kind == Kind::Committed => Ok(Some((r.id, chain(conn, r.id)?))),
+        _ => Ok(None),
+    }
+}
+
+/// The shifted copy of the committed snapshot `parent_id`'s chain for the mapping labels
+/// `uidmap` and `gidmap` (as given, `""` for an absent one), if one exists.
+pub fn find_remap(
+    conn: &Connection,
+    parent_id: u64,
+    uidmap: &str,
+    gidmap: &str,
+) -> Result<Option<u64>> {
+    conn.prepare_cached(
+        "SELECT id FROM remaps WHERE parent_id = ?1 AND uidmap = ?2 AND gidmap = ?3",
+    )
+    .and_then(|mut s| {
+        s.query_row(params![from_id(parent_id), uidmap, gidmap], |r| {
+            r.get::<_, i64>(0)
+        })
+        .optional()
+    })
+    .map(|id| id.map(to_id))
+    .map_err(db("look up shifted copy"))
+}
+
+/// Records a new shifted copy; returns its id, which is never reused.
+pub fn insert_remap(conn: &Connection, parent_id: u64, uidmap: &str, gidmap: &str) -> Result<u64> {
+    conn.prepare_cached("INSERT INTO remaps (parent_id, uidmap, gidmap) VALUES (?1, ?2, ?3)")
+        .and_then(|mut s| s.execute(params![from_id(parent_id), uidmap, gidmap]))
+        .map_err(db("insert shifted copy"))?;
+    Ok(to_id(conn.last_insert_rowid()))
+}
+
+/// Every shifted copy's id, for telling live copies from orphans.
+pub fn remap_ids(conn: &Connection) -> Result<HashSet<u64>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT id FROM remaps")
+        .map_err(db("prepare remap ids"))?;
+    let ids = stmt
+        .query_map([], |r| r.get::<_, i64>(0))
+        .map_err(db("list remap ids"))?
+        .map(|r| r.map(to_id))
+        .collect::<rusqlite::Result<HashSet<_>>>()
+        .map_err(db("list remap ids"))?;
+    Ok(ids)
 }
 
 /// Turns the active snapshot `key` into the committed snapshot `name`, keeping its id.
@@ -511,8 +612,9 @@ pub fn commit(
     Ok(active.id)
 }
 
-/// Deletes `key`'s row; a snapshot that is some other snapshot's parent stays.
-pub fn remove(conn: &Connection, key: &str) -> Result<(u64, Kind)> {
+/// Deletes `key`'s row; a snapshot that is some other snapshot's parent stays. The row of the
+/// shifted copy it stood on goes too when no other snapshot stands on it.
+pub fn remove(conn: &Connection, key: &str) -> Result<Removed> {
     if key.is_empty() {
         return Err(Error::invalid_argument("snapshot key must not be empty"));
     }
@@ -526,10 +628,28 @@ pub fn remove(conn: &Connection, key: &str) -> Result<(u64, Kind)> {
             "cannot remove snapshot {key:?} with child"
         )));
     }
-    conn.prepare_cached("DELETE FROM snapshots WHERE id = ?1")
-        .and_then(|mut s| s.execute([from_id(r.id)]))
+    let remap_id: Option<i64> = conn
+        .prepare_cached("DELETE FROM snapshots WHERE id = ?1 RETURNING remap_id")
+        .and_then(|mut s| s.query_row([from_id(r.id)], |row| row.get(0)))
         .map_err(db(format!("remove snapshot {key:?}")))?;
-    Ok((r.id, r.kind))
+    let remap_copy = match remap_id {
+        Some(rid) => {
+            let freed = conn
+                .prepare_cached(
+                    "DELETE FROM remaps WHERE id = ?1 \
+                     AND NOT EXISTS (SELECT 1 FROM snapshots WHERE remap_id = ?1)",
+                )
+                .and_then(|mut s| s.execute([rid]))
+                .map_err(db("release shifted copy"))?;
+            (freed > 0).then(|| to_id(rid))
+        }
+        None => None,
+    };
+    Ok(Removed {
+        id: r.id,
+        kind: r.kind,
+        remap_copy,
+    })
 }
 
 /// Applies an Update (labels only, containerd's field-path rules) and sets `updated`.
@@ -687,6 +807,66 @@ mod tests {
         (dir, conn)
     }
 
+    #[test]
+    fn a_version_1_database_gains_the_shifted_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metadata.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE snapshots (
+                     id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE,
+                     kind INTEGER NOT NULL, parent_id INTEGER REFERENCES snapshots(id),
+                     created INTEGER NOT NULL, updated INTEGER NOT NULL, labels TEXT NOT NULL,
+                     size INTEGER, inodes INTEGER);
+                 INSERT INTO snapshots (name, kind, created, updated, labels)
+                     VALUES ('old', 2, 0, 0, '{}');
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let conn = open(&path).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let s = get_snapshot(&conn, "old").unwrap();
+        assert_eq!(s.remap_copy, None);
+        // A second connection finds it migrated.
+        open(&path).unwrap();
+    }
+
+    #[test]
+    fn a_shifted_copys_row_goes_with_its_last_user() {
+        let (_d, conn) = store();
+        let now = SystemTime::now();
+        let none = labels(&[]);
+        create(&conn, Kind::Active, "l-a", "", &none, now, None).unwrap();
+        commit(&conn, "l-a", "l", &none, "", now).unwrap();
+        let parent = committed_chain(&conn, "l").unwrap().unwrap();
+        assert_eq!(parent, (1, vec![1]));
+        assert_eq!(committed_chain(&conn, "missing").unwrap(), None);
+        assert_eq!(find_remap(&conn, 1, "0:1:1", "").unwrap(), None);
+        let rid = insert_remap(&conn, 1, "0:1:1", "").unwrap();
+        assert_eq!(find_remap(&conn, 1, "0:1:1", "").unwrap(), Some(rid));
+        assert_eq!(find_remap(&conn, 1, "0:1:1", "0:1:1").unwrap(), None);
+        let a = create(&conn, Kind::Active, "a", "l", &none, now, Some(rid)).unwrap();
+        assert_eq!(a.remap_copy, Some(rid));
+        assert_eq!(get_snapshot(&conn, "a").unwrap().remap_copy, Some(rid));
+        create(&conn, Kind::View, "b", "l", &none, now, Some(rid)).unwrap();
+        assert_eq!(
+            remove(&conn, "a").unwrap().remap_copy,
+            None,
+            "b still uses it"
+        );
+        assert_eq!(remap_ids(&conn).unwrap(), HashSet::from([rid]));
+        let gone = remove(&conn, "b").unwrap();
+        assert_eq!((gone.kind, gone.remap_copy), (Kind::View, Some(rid)));
+        assert!(remap_ids(&conn).unwrap().is_empty());
+        // The layer can go now.
+        remove(&conn, "l").unwrap();
+    }
+
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
             .iter()
@@ -731,10 +911,10 @@ mod tests {
                 format!("v{round}"),
             );
             write(&mut conn, |tx| {
-                create(tx, Kind::Active, &p, "", &labels(&[]), now)?;
+                create(tx, Kind::Active, &p, "", &labels(&[]), now, None)?;
                 commit(tx, &p, &c, &labels(&[("k", "v")]), "", now)?;
-                create(tx, Kind::Active, &a, &c, &labels(&[]), now)?;
-                create(tx, Kind::View, &v, &c, &labels(&[]), now)?;
+                create(tx, Kind::Active, &a, &c, &labels(&[]), now, None)?;
+                create(tx, Kind::View, &v, &c, &labels(&[]), now, None)?;
                 update(tx, &c, &labels(&[("k", "w")]), &[], now)?;
                 Ok(())
             })
@@ -767,12 +947,12 @@ mod tests {
     fn keys_and_names_share_one_namespace_and_ids_survive_commit() {
         let (_d, conn) = store();
         let now = SystemTime::now();
-        let a = create(&conn, Kind::Active, "a", "", &labels(&[]), now).unwrap();
+        let a = create(&conn, Kind::Active, "a", "", &labels(&[]), now, None).unwrap();
         let id = commit(&conn, "a", "c", &labels(&[("x", "1")]), "", now).unwrap();
         assert_eq!(id, a.id);
-        let err = create(&conn, Kind::View, "c", "", &labels(&[]), now).unwrap_err();
+        let err = create(&conn, Kind::View, "c", "", &labels(&[]), now, None).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::AlreadyExists);
-        let child = create(&conn, Kind::Active, "b", "c", &labels(&[]), now).unwrap();
+        let child = create(&conn, Kind::Active, "b", "c", &labels(&[]), now, None).unwrap();
         assert_eq!(child.parent_ids, vec![a.id]);
         assert_eq!(get_info(&conn, "b").unwrap().0.parent, "c");
         assert_eq!(
@@ -790,19 +970,19 @@ mod tests {
         let (_d, conn) = store();
         let now = SystemTime::now();
         let none = labels(&[]);
-        create(&conn, Kind::Active, "a", "", &none, now).unwrap();
-        create(&conn, Kind::View, "v", "", &none, now).unwrap();
+        create(&conn, Kind::Active, "a", "", &none, now, None).unwrap();
+        create(&conn, Kind::View, "v", "", &none, now, None).unwrap();
         let kind = |e: Error| e.kind();
         assert_eq!(
-            kind(create(&conn, Kind::Active, "", "", &none, now).unwrap_err()),
+            kind(create(&conn, Kind::Active, "", "", &none, now, None).unwrap_err()),
             ErrorKind::InvalidArgument
         );
         assert_eq!(
-            kind(create(&conn, Kind::Active, "x", "missing", &none, now).unwrap_err()),
+            kind(create(&conn, Kind::Active, "x", "missing", &none, now, None).unwrap_err()),
             ErrorKind::NotFound
         );
         assert_eq!(
-            kind(create(&conn, Kind::Active, "x", "a", &none, now).unwrap_err()),
+            kind(create(&conn, Kind::Active, "x", "a", &none, now, None).unwrap_err()),
             ErrorKind::InvalidArgument
         );
         assert_eq!(
@@ -826,7 +1006,7 @@ mod tests {
             kind(get_snapshot(&conn, "c").unwrap_err()),
             ErrorKind::FailedPrecondition
         );
-        create(&conn, Kind::Active, "child", "c", &none, now).unwrap();
+        create(&conn, Kind::Active, "child", "c", &none, now, None).unwrap();
         assert_eq!(
             kind(remove(&conn, "c").unwrap_err()),
             ErrorKind::FailedPrecondition
@@ -839,7 +1019,7 @@ mod tests {
         remove(&conn, "c").unwrap();
         let big = labels(&[("k", &"v".repeat(5000))]);
         assert_eq!(
-            kind(create(&conn, Kind::Active, "big", "", &big, now).unwrap_err()),
+            kind(create(&conn, Kind::Active, "big", "", &big, now, None).unwrap_err()),
             ErrorKind::InvalidArgument
         );
     }
@@ -849,21 +1029,21 @@ mod tests {
         let (_d, conn) = store();
         let now = SystemTime::now();
         let none = labels(&[]);
-        let base = create(&conn, Kind::Active, "base-a", "", &none, now).unwrap();
+        let base = create(&conn, Kind::Active, "base-a", "", &none, now, None).unwrap();
         commit(&conn, "base-a", "base", &none, "", now).unwrap();
-        create(&conn, Kind::Active, "other-a", "", &none, now).unwrap();
+        create(&conn, Kind::Active, "other-a", "", &none, now, None).unwrap();
         commit(&conn, "other-a", "other", &none, "", now).unwrap();
-        create(&conn, Kind::Active, "layer", "", &none, now).unwrap();
+        create(&conn, Kind::Active, "layer", "", &none, now, None).unwrap();
         let e = commit(&conn, "layer", "l", &none, "nope", now).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::NotFound);
         commit(&conn, "layer", "l", &none, "base", now).unwrap();
         assert_eq!(get_info(&conn, "l").unwrap().0.parent, "base");
-        create(&conn, Kind::Active, "top", "l", &none, now).unwrap();
+        create(&conn, Kind::Active, "top", "l", &none, now, None).unwrap();
         let s = get_snapshot(&conn, "top").unwrap();
         assert_eq!(s.parent_ids.len(), 2);
         assert_eq!(s.parent_ids[1], base.id);
         // Same parent again is fine; a different one is not.
-        create(&conn, Kind::Active, "x", "base", &none, now).unwrap();
+        create(&conn, Kind::Active, "x", "base", &none, now, None).unwrap();
         assert_eq!(
             commit(&conn, "x", "xc", &none, "other", now)
                 .unwrap_err()
@@ -872,8 +1052,8 @@ mod tests {
         );
         commit(&conn, "x", "xc", &none, "base", now).unwrap();
         // A parent that is not committed.
-        create(&conn, Kind::Active, "y", "", &none, now).unwrap();
-        create(&conn, Kind::Active, "z", "", &none, now).unwrap();
+        create(&conn, Kind::Active, "y", "", &none, now, None).unwrap();
+        create(&conn, Kind::Active, "z", "", &none, now, None).unwrap();
         assert_eq!(
             commit(&conn, "y", "yc", &none, "z", now)
                 .unwrap_err()
@@ -893,6 +1073,7 @@ mod tests {
             "",
             &labels(&[("a", "1"), ("b", "2")]),
             t0,
+            None,
         )
         .unwrap();
         let t1 = t0 + Duration::from_secs(5);
@@ -929,7 +1110,7 @@ mod tests {
         let (_d, conn) = store();
         let now = SystemTime::now();
         let none = labels(&[]);
-        let a = create(&conn, Kind::Active, "a", "", &none, now).unwrap();
+        let a = create(&conn, Kind::Active, "a", "", &none, now, None).unwrap();
         commit(&conn, "a", "c", &none, "", now).unwrap();
         assert_eq!(unmeasured_committed(&conn).unwrap(), vec![a.id]);
         assert_eq!(get_info(&conn, "c").unwrap().2, None);
@@ -959,14 +1140,14 @@ mod tests {
         let db = dir.path().join("metadata.db");
         let now = SystemTime::now();
         write(&mut conn, |tx| {
-            create(tx, Kind::Active, "a", "", &labels(&[]), now)
+            create(tx, Kind::Active, "a", "", &labels(&[]), now, None)
         })
         .unwrap();
         preallocate_wal(&db, WAL_PREALLOCATE).unwrap();
         let wal = dir.path().join("metadata.db-wal");
         assert_eq!(std::fs::metadata(&wal).unwrap().len(), WAL_PREALLOCATE);
         write(&mut conn, |tx| {
-            create(tx, Kind::Active, "b", "", &labels(&[]), now)
+            create(tx, Kind::Active, "b", "", &labels(&[]), now, None)
         })
         .unwrap();
         // What a crash leaves: the WAL as it is, recovered by the next connection.
@@ -984,7 +1165,7 @@ mod tests {
         let (_d, mut conn) = store();
         let now = SystemTime::now();
         let r: Result<()> = write(&mut conn, |tx| {
-            create(tx, Kind::Active, "a", "", &labels(&[]), now)?;
+            create(tx, Kind::Active, "a", "", &labels(&[]), now, None)?;
             Err(Error::internal("boom"))
         });
         assert!(r.is_err());

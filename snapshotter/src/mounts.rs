@@ -45,17 +45,38 @@ fn bind_with(source: PathBuf, readonly: bool, mut options: Vec<String>) -> Vec<M
 /// active. `options` (detected `index=off`/`userxattr` plus configured ones) go on overlay
 /// mounts only, as in containerd.
 ///
-/// With `remap_ids` (the kernel has id-mapped mounts), a snapshot's id-mapping labels come
-/// first on every shape as `uidmap=`/`gidmap=`, as in containerd: its mount code then makes
-/// id-mapped mounts of the lower dirs (or of the bind mount) instead of passing them on.
+/// With `idmap_options` (id-mapped mounts), a snapshot's id-mapping labels come first on
+/// every shape as `uidmap=`/`gidmap=`, as in containerd: its mount code then makes id-mapped
+/// mounts of the lower dirs (or of the bind mount) instead of passing them on.
+///
+/// A snapshot standing on a shifted copy (`remap_copy`) has that copy as its one lower dir in
+/// place of its parent chain, and no mapping options: the copy's files already carry host ids.
 pub fn overlay_mounts(
     layout: &Layout,
     s: &Snapshot,
     options: &[String],
-    remap_ids: bool,
+    idmap_options: bool,
 ) -> Vec<Mount> {
     let mut opts = Vec::with_capacity(options.len() + 5);
-    if remap_ids {
+    if let Some(copy) = s.remap_copy
+        && !s.parent_ids.is_empty()
+    {
+        let lower = layout.remap_fs(copy);
+        if s.kind == Kind::View {
+            return bind_with(lower, true, opts);
+        }
+        opts.push(format!("workdir={}", layout.work(s.id).display()));
+        opts.push(format!("upperdir={}", layout.fs(s.id).display()));
+        opts.push(format!("lowerdir={}", lower.display()));
+        opts.extend(options.iter().cloned());
+        return vec![Mount {
+            kind: "overlay".into(),
+            source: "overlay".into(),
+            target: String::new(),
+            options: opts,
+        }];
+    }
+    if idmap_options {
         opts.extend(s.remap.options());
     }
     if s.parent_ids.is_empty() {
@@ -145,7 +166,35 @@ mod tests {
             kind,
             parent_ids: parents.to_vec(),
             remap: RemapLabels::default(),
+            remap_copy: None,
         }
+    }
+
+    #[test]
+    fn a_shifted_copy_replaces_the_chain_without_mapping_options() {
+        let l = Layout::new("/r");
+        let opts = vec!["index=off".to_string()];
+        let on_copy = |kind, parents: &[u64]| Snapshot {
+            remap_copy: Some(7),
+            ..mapped(5, kind, parents)
+        };
+        let m = overlay_mounts(&l, &on_copy(Kind::Active, &[2, 1]), &opts, false);
+        assert_eq!(
+            m[0].options,
+            [
+                "workdir=/r/snapshots/5/work",
+                "upperdir=/r/snapshots/5/fs",
+                "lowerdir=/r/snapshots/r7/fs",
+                "index=off",
+            ]
+        );
+        // One parent or many, the copy is the only lower.
+        let one = overlay_mounts(&l, &on_copy(Kind::Active, &[2]), &opts, false);
+        assert_eq!(one, m);
+        let v = overlay_mounts(&l, &on_copy(Kind::View, &[2, 1]), &opts, false);
+        assert_eq!(v[0].kind, "bind");
+        assert_eq!(v[0].source, "/r/snapshots/r7/fs");
+        assert_eq!(v[0].options, ["ro", "rbind"]);
     }
 
     fn mapped(id: u64, kind: Kind, parents: &[u64]) -> Snapshot {

@@ -12,7 +12,7 @@
 //! asynchronous), so a crash in between leaves only an orphan directory, never a row without
 //! its directory.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,8 +24,8 @@ use strata_common::filter::{FieldMap, Filter};
 use strata_common::{Error, Result};
 use tracing::{debug, info, warn};
 
-use crate::config::{Durability, Mode, SnapshotterConfig};
-use crate::idmap::RemapLabels;
+use crate::config::{Durability, Mode, RemapMethod, SnapshotterConfig};
+use crate::idmap::{IdMap, RemapLabels};
 use crate::layout::{self, Layout};
 use crate::metadata::{self, Info, Kind, Snapshot, Usage};
 use crate::mounts::{self, Mount};
@@ -44,9 +44,14 @@ struct Inner {
     config: SnapshotterConfig,
     /// Options for overlay mounts: detected ones, then configured ones.
     overlay_options: Vec<String>,
-    /// Id-mapping labels become mount options (overlayfs mode on a kernel with id-mapped
-    /// mounts).
-    remap_ids: bool,
+    /// What id-mapping labels do beyond giving the root directory to the mapped root.
+    remap: Remap,
+    /// Options for the read-only overlay a shifted copy is read from (`userxattr` where
+    /// overlay needs it).
+    copy_mount_options: Vec<String>,
+    /// One turn per (parent, uid mapping, gid mapping) whose shifted copy is being made, so
+    /// two creates with the same mapping make it once.
+    copy_turns: Mutex<HashMap<CopyKey, Arc<Mutex<()>>>>,
     /// Project quotas of the file system under `snapshots/`, when it enforces them (overlayfs
     /// mode only): what size limits need.
     quotas: Option<Quotas>,
@@ -65,6 +70,29 @@ struct Inner {
     measure: Mutex<mpsc::Sender<u64>>,
 }
 
+/// How snapshots with id-mapping labels get their ownership shifted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Remap {
+    /// Not at all (`remap_ids = false`): containerd's client shifts a copy itself.
+    Off,
+    /// `uidmap=`/`gidmap=` mount options.
+    Idmap,
+    /// A chowned copy of the parent chain as the one lower layer.
+    Copy,
+}
+
+/// A shifted copy's identity: its parent's id and the uid and gid mapping labels as given.
+type CopyKey = (u64, String, String);
+
+/// A shifted copy a create stands on: found, or built for it in the create's temp dir.
+struct CopyPlan {
+    parent_id: u64,
+    uidmap: String,
+    gidmap: String,
+    /// `<temp>/copy`, holding the copy this create built (none when one existed).
+    built: Option<PathBuf>,
+}
+
 /// What [`Snapshotter::usage_lookup`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UsageLookup {
@@ -79,6 +107,9 @@ pub struct Walk {
     /// A committed snapshot's figure is kept; an active one's changes with every write.
     store: bool,
 }
+
+/// Where, inside a create's `copy/` dir, the parent chain is mounted to be copied.
+const MERGED: &str = "merged";
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock cannot leave SQLite half-written (the transaction
@@ -151,27 +182,43 @@ impl Snapshotter {
             Mode::Overlayfs => features.options(&config.mount_options),
             Mode::Native => Vec::new(),
         };
-        let remap_ids = config.remap_ids;
-        if remap_ids {
-            // Never hand out mapping options nobody will honour: containerd would then give
-            // the container an unshifted root file system.
+        let remap = if config.remap_ids {
+            // Never hand out snapshots whose mapping nobody honours: containerd would then
+            // give the container an unshifted root file system.
             if config.mode == Mode::Native {
                 return Err(Error::failed_precondition(
                     "remap_ids needs mode = \"overlayfs\"",
                 ));
             }
-            if !features.idmapped_mounts {
-                return Err(Error::failed_precondition(
-                    "remap_ids = true, but this kernel has no id-mapped mounts for overlayfs \
-                     (Linux 5.19+); set remap_ids = false and leave \"remap-ids\" out of \
-                     containerd's capabilities: its client then shifts ownership by copying",
-                ));
+            let remap = match config.remap_method {
+                RemapMethod::Idmap if !features.idmapped_mounts => {
+                    return Err(Error::failed_precondition(
+                        "remap_method = \"idmap\", but this kernel has no id-mapped mounts for \
+                         overlayfs (Linux 5.19+); use remap_method = \"copy\" or \"auto\"",
+                    ));
+                }
+                RemapMethod::Idmap => Remap::Idmap,
+                RemapMethod::Auto if features.idmapped_mounts => Remap::Idmap,
+                RemapMethod::Auto | RemapMethod::Copy => Remap::Copy,
+            };
+            if remap == Remap::Idmap {
+                info!(
+                    "id-mapped snapshots: mapping labels become uidmap=/gidmap= options; \
+                     containerd must declare capabilities = [\"remap-ids\"] for this snapshotter"
+                );
+            } else {
+                info!(
+                    kernel_idmapped_mounts = features.idmapped_mounts,
+                    "id-mapped snapshots: a chowned copy of the parent per mapping is the lower \
+                     layer; containerd must declare capabilities = [\"remap-ids\"] for this \
+                     snapshotter"
+                );
             }
-            info!(
-                "id-mapped snapshots: mapping labels become uidmap=/gidmap= options; containerd \
-                 must declare capabilities = [\"remap-ids\"] for this snapshotter"
-            );
-        } else if features.idmapped_mounts && config.mode == Mode::Overlayfs {
+            remap
+        } else {
+            Remap::Off
+        };
+        if remap == Remap::Off && features.idmapped_mounts && config.mode == Mode::Overlayfs {
             info!(
                 "id-mapped snapshots: off (remap_ids = false); this kernel could id-map layers: \
                  set remap_ids = true and declare capabilities = [\"remap-ids\"] in containerd"
@@ -209,7 +256,13 @@ impl Snapshotter {
             layout,
             config,
             overlay_options,
-            remap_ids,
+            remap,
+            copy_mount_options: if features.userxattr {
+                vec!["userxattr".to_string()]
+            } else {
+                Vec::new()
+            },
+            copy_turns: Mutex::new(HashMap::new()),
             quotas,
             db: Mutex::new(conn),
             reader: Mutex::new(reader),
@@ -270,7 +323,7 @@ impl Snapshotter {
                 &self.inner.layout,
                 s,
                 &self.inner.overlay_options,
-                self.inner.remap_ids,
+                self.inner.remap == Remap::Idmap,
             ),
             Mode::Native => mounts::native_mounts(&self.inner.layout, s),
         }
@@ -328,22 +381,21 @@ impl Snapshotter {
     ) -> Result<Snapshot> {
         let layout = &self.inner.layout;
         let native = self.inner.config.mode == Mode::Native;
+        let remap = RemapLabels::from_labels(labels);
         // As containerd's overlayfs snapshotter, which refuses such labels with these
         // messages (unclassified there; InvalidArgument here, as they are the caller's).
         // containerd's native snapshotter ignores them, and so does native mode.
         let mapped_root = if native {
             None
         } else {
-            RemapLabels::from_labels(labels)
-                .root_owner()
-                .map_err(|e| match e {
-                    crate::idmap::IdMapError::Unmapped(_) => {
-                        Error::invalid_argument(format!("failed to find root pair: {e}"))
-                    }
-                    _ => Error::invalid_argument(format!(
-                        "failed to unmarshal snapshot ID mapped labels: {e}"
-                    )),
-                })?
+            remap.root_owner().map_err(|e| match e {
+                crate::idmap::IdMapError::Unmapped(_) => {
+                    Error::invalid_argument(format!("failed to find root pair: {e}"))
+                }
+                _ => Error::invalid_argument(format!(
+                    "failed to unmarshal snapshot ID mapped labels: {e}"
+                )),
+            })?
         };
         let limit = self.size_limit(kind, key, labels)?;
         self.make_snapshot_dir(temp, kind)?;
@@ -360,11 +412,72 @@ impl Snapshotter {
         } else {
             None
         };
+        // The shifted copy too, under the turn of its parent and mapping: a second create
+        // with the same mapping waits for the first and then finds the copy in place.
+        let copy_key = match (self.inner.remap, mapped_root, parent.is_empty()) {
+            (Remap::Copy, Some(_), false) => {
+                metadata::committed_chain(&lock(&self.inner.reader), parent)?.map(|(id, chain)| {
+                    let uid = remap.uidmap.clone().unwrap_or_default();
+                    let gid = remap.gidmap.clone().unwrap_or_default();
+                    ((id, uid, gid), chain)
+                })
+            }
+            _ => None,
+        };
+        let turn = copy_key.as_ref().map(|(k, _)| self.copy_turn(k));
+        let _turn = turn.as_deref().map(lock);
+        let plan = match copy_key {
+            Some(((parent_id, uidmap, gidmap), chain)) => {
+                let found =
+                    metadata::find_remap(&lock(&self.inner.reader), parent_id, &uidmap, &gidmap)?;
+                let built = match found {
+                    Some(_) => None,
+                    None => {
+                        let dir = temp.join("copy");
+                        self.build_shifted_copy(&chain, &remap, &dir)?;
+                        Some(dir)
+                    }
+                };
+                Some(CopyPlan {
+                    parent_id,
+                    uidmap,
+                    gidmap,
+                    built,
+                })
+            }
+            None => None,
+        };
         let mut conn = lock(&self.inner.db);
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| Error::internal(format!("begin transaction: {e}")))?;
-        let s = metadata::create(&tx, kind, key, parent, labels, SystemTime::now())?;
+        // The copy's row, found or new; a new one's directory goes into place once the
+        // snapshot's row is in.
+        let (remap_copy, placing) = match &plan {
+            Some(p) => match metadata::find_remap(&tx, p.parent_id, &p.uidmap, &p.gidmap)? {
+                Some(rid) => (Some(rid), None),
+                None => {
+                    let Some(built) = &p.built else {
+                        // Its last user went between the look-up and this transaction.
+                        return Err(Error::aborted(format!(
+                            "the shifted copy of {parent:?} was removed meanwhile; try again"
+                        )));
+                    };
+                    let rid = metadata::insert_remap(&tx, p.parent_id, &p.uidmap, &p.gidmap)?;
+                    (Some(rid), Some((built.clone(), rid)))
+                }
+            },
+            None => (None, None),
+        };
+        let s = metadata::create(
+            &tx,
+            kind,
+            key,
+            parent,
+            labels,
+            SystemTime::now(),
+            remap_copy,
+        )?;
         if let (Some(copied), Some(first)) = (copied_from, s.parent_ids.first())
             && copied != *first
         {
@@ -372,6 +485,55 @@ impl Snapshotter {
                 "parent {parent:?} changed while copying it"
             )));
         }
+        if let (Some(p), Some(first)) = (&plan, s.parent_ids.first())
+            && p.parent_id != *first
+        {
+            return Err(Error::aborted(format!(
+                "parent {parent:?} changed while shifting a copy of it"
+            )));
+        }
+        if plan.as_ref().is_some_and(|p| p.built.is_some()) && placing.is_none() {
+            // Another create put the same copy in place first; this one is not needed.
+            let _ = std::fs::remove_dir_all(temp.join("copy"));
+        }
+        let placed = match placing {
+            Some((built, rid)) => {
+                let to = layout.remap_dir(rid);
+                std::fs::rename(&built, &to)
+                    .map_err(|e| Error::io(format!("rename {} into place", built.display()), e))?;
+                // Always on disk before the row that names it, whatever the durability: it is
+                // no empty directory that start-up could make up again.
+                if let Err(e) = self.sync_snapshots_dir() {
+                    let _ = std::fs::remove_dir_all(&to);
+                    return Err(e);
+                }
+                Some(to)
+            }
+            None => None,
+        };
+        let result = self.finish_create(&s, tx, parent, mapped_root, limit, temp, native);
+        if result.is_err()
+            && let Some(to) = placed
+        {
+            let _ = std::fs::remove_dir_all(to);
+        }
+        result.map(|()| s)
+    }
+
+    /// The part of a create after its row is in: the root's owner, the size limit, the
+    /// directory renamed into place and the commit.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_create(
+        &self,
+        s: &Snapshot,
+        tx: rusqlite::Transaction<'_>,
+        parent: &str,
+        mapped_root: Option<(u32, u32)>,
+        limit: Option<u64>,
+        temp: &Path,
+        native: bool,
+    ) -> Result<()> {
+        let fs = temp.join("fs");
         if let Some((uid, gid)) = mapped_root {
             // The upper dir is not id-mapped: its root must belong to the host ids of the
             // container's root, as containerd's overlayfs snapshotter does it.
@@ -384,7 +546,7 @@ impl Snapshotter {
         if let Some(bytes) = limit {
             self.limit_size(temp, s.id, bytes)?;
         }
-        let dir = layout.snapshot_dir(s.id);
+        let dir = self.inner.layout.snapshot_dir(s.id);
         std::fs::rename(temp, &dir)
             .map_err(|e| Error::io(format!("rename {} into place", temp.display()), e))?;
         strata_common::crashpoint::hit("snapshotter.create.renamed");
@@ -398,7 +560,69 @@ impl Snapshotter {
             let _ = self.remove_snapshot_dir(&dir);
             return Err(e);
         }
-        Ok(s)
+        Ok(())
+    }
+
+    /// The turn of the shifted copy `key` (parent id, uid and gid mapping labels).
+    fn copy_turn(&self, key: &CopyKey) -> Arc<Mutex<()>> {
+        let mut turns = lock(&self.inner.copy_turns);
+        // Forget the turns nobody holds, so the map stays as small as the creates running.
+        turns.retain(|_, t| Arc::strong_count(t) > 1);
+        turns.entry(key.clone()).or_default().clone()
+    }
+
+    /// Builds in `dir` (`dir/fs`) the copy of the merged tree of `chain` (nearest first) with
+    /// every owner shifted by `remap`, as containerd's client chowns its copy of an image.
+    /// One layer is read as it is; several through a read-only overlay of them, which
+    /// applies their whiteouts and opaque directories as the container's mount would.
+    fn build_shifted_copy(&self, chain: &[u64], remap: &RemapLabels, dir: &Path) -> Result<()> {
+        let map: IdMap = remap
+            .id_map()
+            .map_err(|e| Error::invalid_argument(e.to_string()))?;
+        let layout = &self.inner.layout;
+        mkdir(dir, 0o700)?;
+        let fs = dir.join("fs");
+        mkdir(&fs, 0o755)?;
+        let shifted = |src: &Path| {
+            crate::copy::copy_dir_shifted(src, &fs, &map).map_err(|e| match e {
+                crate::copy::CopyError::Unmapped { path, source } => {
+                    Error::invalid_argument(format!(
+                        "cannot shift the owner of {} for this mapping: {source}",
+                        path.display()
+                    ))
+                }
+                other => Error::internal(format!("shift a copy of the parent: {other}")),
+            })
+        };
+        match chain {
+            [] => Ok(()),
+            [only] => shifted(&layout.fs(*only)),
+            _ => {
+                let merged = dir.join(MERGED);
+                mkdir(&merged, 0o700)?;
+                let lower: Vec<String> = chain
+                    .iter()
+                    .map(|id| layout.fs(*id).to_string_lossy().into_owned())
+                    .collect();
+                let mut options = vec![format!("lowerdir={}", lower.join(":"))];
+                options.extend(self.inner.copy_mount_options.iter().cloned());
+                let m = Mount {
+                    kind: "overlay".into(),
+                    source: "overlay".into(),
+                    target: String::new(),
+                    options,
+                };
+                let guard = mounts::MountGuard::mount(&[m], &merged)
+                    .map_err(|e| Error::io("mount the parent chain to copy it", e))?;
+                let copied = shifted(guard.path());
+                guard
+                    .unmount()
+                    .map_err(|e| Error::io("unmount the parent chain's copy source", e))?;
+                copied?;
+                std::fs::remove_dir(&merged)
+                    .map_err(|e| Error::io(format!("remove {}", merged.display()), e))
+            }
+        }
     }
 
     /// The size limit a new snapshot gets: its `containerd.io/snapshot/max-size` label, else
@@ -475,6 +699,17 @@ impl Snapshotter {
     /// Deletes a snapshot's directory and, when it was limited, clears its project's limit
     /// (its usage went with the files).
     fn remove_snapshot_dir(&self, dir: &Path) -> std::io::Result<()> {
+        let is_temp = dir
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(layout::TEMP_PREFIX));
+        if is_temp {
+            // A create that died while copying a parent chain may have left it mounted: the
+            // read-only overlay would fail the removal (and keep the mount) forever.
+            let merged = dir.join("copy").join(MERGED);
+            if merged.exists() {
+                let _ = nix::mount::umount2(&merged, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
         let project = match &self.inner.quotas {
             Some(_) => quota::project_of(dir)
                 .ok()
@@ -610,7 +845,7 @@ impl Snapshotter {
 
     /// Removes `key`; its directory goes now or in the next Cleanup (`async_remove`).
     pub fn remove(&self, key: &str) -> Result<()> {
-        let (id, _) = {
+        let metadata::Removed { id, remap_copy, .. } = {
             let mut conn = lock(&self.inner.db);
             metadata::write(&mut conn, |tx| {
                 let removed = metadata::remove(tx, key);
@@ -625,6 +860,13 @@ impl Snapshotter {
             // The snapshot is gone either way; a directory left behind is Cleanup's.
             if let Err(e) = self.remove_snapshot_dir(&dir) {
                 warn!(path = %dir.display(), error = %e, "failed to remove snapshot directory");
+            }
+            // The last snapshot standing on a shifted copy took it along.
+            if let Some(rid) = remap_copy {
+                let dir = self.inner.layout.remap_dir(rid);
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    warn!(path = %dir.display(), error = %e, "failed to remove shifted copy");
+                }
             }
         }
         Ok(())
@@ -740,7 +982,8 @@ impl Snapshotter {
     }
 
     /// Deletes every directory under `snapshots/` that no snapshot owns (removed snapshots
-    /// when removal is asynchronous, leftovers of crashes); returns how many.
+    /// when removal is asynchronous, leftovers of crashes) and every shifted copy no snapshot
+    /// stands on any more; returns how many.
     pub fn cleanup(&self) -> Result<usize> {
         let snapshots = self.inner.layout.snapshots_dir();
         let orphans: Vec<PathBuf> = {
@@ -749,6 +992,7 @@ impl Snapshotter {
             let conn = lock(&self.inner.db);
             self.make_durable(&conn)?;
             let ids = metadata::ids(&conn)?;
+            let copies = metadata::remap_ids(&conn)?;
             let building = lock(&self.inner.building);
             let entries = std::fs::read_dir(&snapshots)
                 .map_err(|e| Error::io(format!("read {}", snapshots.display()), e))?;
@@ -757,7 +1001,8 @@ impl Snapshotter {
                 let entry =
                     entry.map_err(|e| Error::io(format!("read {}", snapshots.display()), e))?;
                 let name = entry.file_name().to_string_lossy().into_owned();
-                let owned = layout::parse_id(&name).is_some_and(|id| ids.contains(&id));
+                let owned = layout::parse_id(&name).is_some_and(|id| ids.contains(&id))
+                    || layout::parse_remap_id(&name).is_some_and(|id| copies.contains(&id));
                 if !owned && !building.contains(&name) {
                     out.push(entry.path());
                 }
@@ -1039,29 +1284,325 @@ mod tests {
     }
 
     #[test]
-    fn remap_ids_needs_kernel_support_and_overlayfs() {
+    fn remap_methods_follow_the_kernel_and_need_overlayfs() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = SnapshotterConfig {
+        let cfg = |remap_method| SnapshotterConfig {
             remap_ids: true,
+            remap_method,
             ..Default::default()
         };
-        let e = Snapshotter::open_with(dir.path(), cfg.clone(), Features::default())
-            .err()
-            .expect("no id-mapped mounts: refused");
-        assert_eq!(e.kind(), ErrorKind::FailedPrecondition);
-        assert!(e.to_string().contains("id-mapped mounts"), "{e}");
-        let native = SnapshotterConfig {
-            mode: Mode::Native,
-            ..cfg
-        };
-        let features = Features {
+        let with_idmap = Features {
             idmapped_mounts: true,
             ..Default::default()
         };
-        let e = Snapshotter::open_with(dir.path(), native, features)
+        let e = Snapshotter::open_with(dir.path(), cfg(RemapMethod::Idmap), Features::default())
+            .err()
+            .expect("idmap without id-mapped mounts: refused");
+        assert_eq!(e.kind(), ErrorKind::FailedPrecondition);
+        assert!(e.to_string().contains("id-mapped mounts"), "{e}");
+        for (method, features, want) in [
+            (RemapMethod::Auto, Features::default(), Remap::Copy),
+            (RemapMethod::Auto, with_idmap, Remap::Idmap),
+            (RemapMethod::Idmap, with_idmap, Remap::Idmap),
+            (RemapMethod::Copy, with_idmap, Remap::Copy),
+            (RemapMethod::Copy, Features::default(), Remap::Copy),
+        ] {
+            let s = Snapshotter::open_with(dir.path(), cfg(method), features).unwrap();
+            assert_eq!(s.inner.remap, want, "{method:?} {features:?}");
+        }
+        let s =
+            Snapshotter::open_with(dir.path(), SnapshotterConfig::default(), with_idmap).unwrap();
+        assert_eq!(s.inner.remap, Remap::Off);
+        let native = SnapshotterConfig {
+            mode: Mode::Native,
+            ..cfg(RemapMethod::Auto)
+        };
+        let e = Snapshotter::open_with(dir.path(), native, with_idmap)
             .err()
             .expect("native: refused");
         assert_eq!(e.kind(), ErrorKind::FailedPrecondition);
+    }
+
+    fn open_copying(async_remove: bool) -> (tempfile::TempDir, Snapshotter) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SnapshotterConfig {
+            remap_ids: true,
+            remap_method: RemapMethod::Copy,
+            async_remove,
+            ..Default::default()
+        };
+        let s = Snapshotter::open_with(dir.path(), cfg, Features::default()).unwrap();
+        (dir, s)
+    }
+
+    fn set_xattr(p: &Path, name: &str, value: &[u8]) {
+        let cp = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        let cn = std::ffi::CString::new(name).unwrap();
+        // SAFETY: test setup with valid buffers.
+        let r = unsafe {
+            libc::lsetxattr(
+                cp.as_ptr(),
+                cn.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        };
+        assert_eq!(r, 0, "setxattr {name} on {}", p.display());
+    }
+
+    fn get_xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
+        let cp = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        let cn = std::ffi::CString::new(name).unwrap();
+        let mut buf = vec![0u8; 256];
+        // SAFETY: valid buffers.
+        let n = unsafe {
+            libc::lgetxattr(cp.as_ptr(), cn.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        };
+        (n >= 0).then(|| {
+            buf.truncate(usize::try_from(n).unwrap());
+            buf
+        })
+    }
+
+    /// Two layers: `l1` with owners, modes, links and xattrs; `l2` on it with a whiteout, an
+    /// opaque directory and a file of its own.
+    fn two_layers(s: &Snapshotter) {
+        use std::os::unix::fs::PermissionsExt;
+        s.prepare("l1-a", "", &none()).unwrap();
+        let l1 = s.layout().fs(1);
+        std::fs::create_dir(l1.join("data")).unwrap();
+        std::os::unix::fs::lchown(l1.join("data"), Some(1000), Some(1000)).unwrap();
+        std::fs::write(l1.join("data/f"), b"user file\n").unwrap();
+        std::os::unix::fs::lchown(l1.join("data/f"), Some(1000), Some(1001)).unwrap();
+        std::fs::write(l1.join("suid"), b"#!").unwrap();
+        std::fs::set_permissions(l1.join("suid"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+        std::fs::hard_link(l1.join("suid"), l1.join("suid-link")).unwrap();
+        std::os::unix::fs::symlink("data/f", l1.join("sym")).unwrap();
+        std::os::unix::fs::lchown(l1.join("sym"), Some(7), Some(8)).unwrap();
+        set_xattr(&l1.join("data/f"), "user.k", b"v");
+        // Revision 2 capabilities (cap_net_bind_service, effective).
+        let mut caps = vec![0u8; 20];
+        caps[..4].copy_from_slice(&0x0200_0001u32.to_le_bytes());
+        caps[4..8].copy_from_slice(&0x400u32.to_le_bytes());
+        std::fs::write(l1.join("capped"), b"x").unwrap();
+        set_xattr(&l1.join("capped"), "security.capability", &caps);
+        std::fs::write(l1.join("gone"), b"x").unwrap();
+        std::fs::create_dir(l1.join("opq")).unwrap();
+        std::fs::write(l1.join("opq/old"), b"x").unwrap();
+        s.commit("l1", "l1-a", &none(), "").unwrap();
+        s.prepare("l2-a", "l1", &none()).unwrap();
+        let l2 = s.layout().fs(2);
+        nix::sys::stat::mknod(
+            &l2.join("gone"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::empty(),
+            0,
+        )
+        .unwrap();
+        std::fs::create_dir(l2.join("opq")).unwrap();
+        set_xattr(&l2.join("opq"), "trusted.overlay.opaque", b"y");
+        std::fs::write(l2.join("opq/new"), b"x").unwrap();
+        std::fs::write(l2.join("top"), b"x").unwrap();
+        std::os::unix::fs::lchown(l2.join("top"), Some(5), Some(5)).unwrap();
+        s.commit("l2", "l2-a", &none(), "").unwrap();
+    }
+
+    fn lowerdir(m: &[Mount]) -> String {
+        m[0].options
+            .iter()
+            .find_map(|o| o.strip_prefix("lowerdir="))
+            .unwrap_or_else(|| panic!("no lowerdir in {m:?}"))
+            .to_string()
+    }
+
+    #[test]
+    fn copy_method_shifts_a_merged_copy_of_the_chain() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_d, s) = open_copying(true);
+        two_layers(&s);
+        let labels = mapping("0:100000:65536", "0:100000:65536");
+        let m = s.prepare("c", "l2", &labels).unwrap();
+        assert_eq!(m[0].kind, "overlay");
+        assert!(
+            !m[0].options.iter().any(|o| o.contains("idmap=")),
+            "{:?}",
+            m[0].options
+        );
+        let copy = s.layout().remap_fs(1);
+        assert_eq!(lowerdir(&m), copy.to_string_lossy());
+        assert_eq!(s.mounts("c").unwrap(), m);
+        // Owners shifted, modes, links, times and xattrs kept; whiteouts applied.
+        let r = 100000;
+        assert_eq!(owner(&copy), (r, r));
+        assert_eq!(owner(&copy.join("data")), (r + 1000, r + 1000));
+        assert_eq!(owner(&copy.join("data/f")), (r + 1000, r + 1001));
+        assert_eq!(owner(&copy.join("sym")), (r + 7, r + 8));
+        assert_eq!(owner(&copy.join("top")), (r + 5, r + 5));
+        assert_eq!(
+            std::fs::read_link(copy.join("sym")).unwrap(),
+            Path::new("data/f")
+        );
+        let md = |p: &str| std::fs::symlink_metadata(copy.join(p)).unwrap();
+        assert_eq!(md("suid").permissions().mode() & 0o7777, 0o4755);
+        assert_eq!(md("suid").ino(), md("suid-link").ino(), "hardlink kept");
+        let l1 = s.layout().fs(1);
+        assert_eq!(
+            md("data/f").mtime(),
+            std::fs::metadata(l1.join("data/f")).unwrap().mtime()
+        );
+        assert_eq!(get_xattr(&copy.join("data/f"), "user.k").unwrap(), b"v");
+        let caps = get_xattr(&copy.join("capped"), "security.capability").unwrap();
+        assert_eq!(caps.len(), 24, "revision 3");
+        assert_eq!(caps[20..], r.to_le_bytes(), "rooted at the mapped root");
+        assert!(!copy.join("gone").exists(), "whiteout applied");
+        assert!(!copy.join("opq/old").exists(), "opaque dir applied");
+        assert!(copy.join("opq/new").exists());
+        assert_eq!(
+            std::fs::read_dir(s.layout().remap_dir(1))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect::<Vec<_>>(),
+            ["fs"],
+            "no mount point left"
+        );
+        // The layers are untouched, and an unmapped snapshot uses them.
+        assert_eq!(owner(&l1.join("data/f")), (1000, 1001));
+        assert_eq!(
+            get_xattr(&l1.join("capped"), "security.capability")
+                .unwrap()
+                .len(),
+            20
+        );
+        let plain = s.prepare("p", "l2", &none()).unwrap();
+        assert_eq!(
+            lowerdir(&plain),
+            format!("{}:{}", s.layout().fs(2).display(), l1.display())
+        );
+        // The upper dir belongs to the mapped root.
+        assert_eq!(owner(&s.layout().fs(3)), (r, r));
+    }
+
+    #[test]
+    fn one_copy_per_parent_and_mapping_reaped_with_its_last_user() {
+        let (_d, s) = open_copying(true);
+        two_layers(&s);
+        let a = mapping("0:100000:65536", "0:100000:65536");
+        let b = mapping("0:200000:65536", "0:200000:65536");
+        let m1 = s.prepare("c1", "l2", &a).unwrap();
+        let m2 = s.prepare("c2", "l2", &a).unwrap();
+        assert_eq!(lowerdir(&m1), lowerdir(&m2), "the copy is shared");
+        let v = s.view("v", "l2", &a).unwrap();
+        assert_eq!(v[0].kind, "bind");
+        assert_eq!(v[0].source, lowerdir(&m1));
+        assert_eq!(v[0].options, ["ro", "rbind"]);
+        let other = s.prepare("o", "l2", &b).unwrap();
+        assert_eq!(lowerdir(&other), s.layout().remap_fs(2).to_string_lossy());
+        assert_eq!(
+            owner(&s.layout().remap_fs(2).join("data/f")),
+            (201000, 201001)
+        );
+        // A mapped snapshot on one layer copies that layer, whiteouts and all.
+        let one = s.prepare("one", "l1", &a).unwrap();
+        assert_eq!(lowerdir(&one), s.layout().remap_fs(3).to_string_lossy());
+        assert!(s.layout().remap_fs(3).join("gone").exists());
+        // A parentless mapped snapshot needs no copy.
+        let bare = s.prepare("bare", "", &a).unwrap();
+        assert_eq!(bare[0].options, ["rw", "rbind"]);
+        let copies = |s: &Snapshotter| {
+            entries(s)
+                .into_iter()
+                .filter(|e| e.starts_with('r'))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(copies(&s), ["r1", "r2", "r3"]);
+        s.remove("c1").unwrap();
+        s.remove("c2").unwrap();
+        s.cleanup().unwrap();
+        assert_eq!(
+            copies(&s),
+            ["r1", "r2", "r3"],
+            "the view still stands on r1"
+        );
+        s.remove("v").unwrap();
+        s.remove("o").unwrap();
+        assert_eq!(copies(&s), ["r1", "r2", "r3"], "async: until Cleanup");
+        s.cleanup().unwrap();
+        assert_eq!(copies(&s), ["r3"]);
+        // A new user after the reaping gets a new copy, never an old id.
+        let again = s.prepare("again", "l2", &a).unwrap();
+        assert_eq!(lowerdir(&again), s.layout().remap_fs(4).to_string_lossy());
+    }
+
+    #[test]
+    fn sync_remove_takes_the_copy_at_once_and_restarts_keep_live_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SnapshotterConfig {
+            remap_ids: true,
+            remap_method: RemapMethod::Copy,
+            async_remove: false,
+            ..Default::default()
+        };
+        let a = mapping("0:100000:65536", "0:100000:65536");
+        {
+            let s = Snapshotter::open_with(dir.path(), cfg.clone(), Features::default()).unwrap();
+            two_layers(&s);
+            s.prepare("c1", "l2", &a).unwrap();
+            s.prepare("c2", "l1", &a).unwrap();
+            s.remove("c2").unwrap();
+            assert!(
+                !s.layout().remap_dir(2).exists(),
+                "sync: gone with its last user"
+            );
+            // What a crash leaves: a copy whose row never committed, and a create's temp dir
+            // with the chain still mounted.
+            std::fs::create_dir_all(s.layout().remap_fs(9)).unwrap();
+            let merged = s.layout().temp_dir(77).join("copy").join(MERGED);
+            std::fs::create_dir_all(&merged).unwrap();
+            let m = Mount {
+                kind: "bind".into(),
+                source: s.layout().fs(1).to_string_lossy().into_owned(),
+                target: String::new(),
+                options: vec!["ro".into(), "rbind".into()],
+            };
+            mounts::mount_all(&[m], &merged).unwrap();
+        }
+        let s = Snapshotter::open_with(dir.path(), cfg, Features::default()).unwrap();
+        assert!(
+            s.layout().remap_fs(1).join("data/f").exists(),
+            "in use: kept"
+        );
+        assert!(!s.layout().remap_dir(9).exists(), "orphan copy reaped");
+        assert_eq!(entries(&s), ["1", "2", "3", "r1"]);
+        assert_eq!(
+            owner(&s.layout().fs(1).join("data/f")),
+            (1000, 1001),
+            "the unmounted layer is intact"
+        );
+        s.remove("c1").unwrap();
+        assert_eq!(entries(&s), ["1", "2"]);
+    }
+
+    #[test]
+    fn owners_outside_the_mapping_are_refused_like_containerds_chown() {
+        let (_d, s) = open_copying(true);
+        s.prepare("l-a", "", &none()).unwrap();
+        std::fs::write(s.layout().fs(1).join("far"), b"x").unwrap();
+        std::os::unix::fs::lchown(s.layout().fs(1).join("far"), Some(70000), Some(70000)).unwrap();
+        s.commit("l", "l-a", &none(), "").unwrap();
+        let e = s
+            .prepare("c", "l", &mapping("0:100000:65536", "0:100000:65536"))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+        assert!(
+            e.to_string()
+                .contains("/far for this mapping: container ID 70000 cannot be mapped"),
+            "{e}"
+        );
+        assert_eq!(entries(&s), ["1"], "nothing left behind");
+        assert!(s.stat("c").is_err());
+        // The image itself still serves an unmapped snapshot.
+        s.prepare("p", "l", &none()).unwrap();
     }
 
     #[test]
