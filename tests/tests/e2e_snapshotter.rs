@@ -612,8 +612,18 @@ fn upper_and_lowers(stack: &Stack, key: &str) -> (PathBuf, Vec<PathBuf>, Vec<Str
 /// strata-snapshotter with `remap_ids = remap` in its config file and containerd declaring
 /// `capabilities` for it. The config file lives in `dir`, which must outlive the stack.
 fn remap_stack(version: Version, remap: bool, capabilities: &[&str], dir: &Path) -> Stack {
+    remap_stack_with(
+        version,
+        &format!("remap_ids = {remap}\n"),
+        capabilities,
+        dir,
+    )
+}
+
+/// [`remap_stack`] with `settings` as the config file's `[snapshotter]` table.
+fn remap_stack_with(version: Version, settings: &str, capabilities: &[&str], dir: &Path) -> Stack {
     let config = dir.join("snapshotter.toml");
-    std::fs::write(&config, format!("[snapshotter]\nremap_ids = {remap}\n"))
+    std::fs::write(&config, format!("[snapshotter]\n{settings}"))
         .expect("writing the snapshotter config");
     Stack::start_with_capabilities(
         version,
@@ -794,6 +804,142 @@ fn idmapped_snapshots_containerd_2() {
 
     unmapped_run_sees_the_images_owners(&stack, &image.name);
     ctd.ctr_ok(&["containers", "rm", &id]);
+}
+
+/// The fallback for kernels without id-mapped mounts, forced here with `remap_method =
+/// "copy"`: strata gives a mapped container a chowned copy of the image's merged tree as its
+/// lower layer (no `uidmap=` options, no client-side copy). The container sees what it would
+/// see on containerd's overlayfs; a second container with the same mapping shares the copy,
+/// the image's layers stay unshifted and run an unmapped container, an image with an owner
+/// outside the mapping is refused as containerd's own chown refuses it, and removing the
+/// containers removes the copy.
+fn copied_snapshots(version: Version) {
+    let dir = tempfile::tempdir().expect("config dir");
+    let stack = remap_stack_with(
+        version,
+        "remap_ids = true\nremap_method = \"copy\"\n",
+        &["remap-ids"],
+        dir.path(),
+    );
+    let ctd = &stack.containerd;
+    let image = owners_image(version, false);
+    import_both(&stack, &image);
+    let before = snap(&stack, &["ls"]).lines().count();
+
+    let id = mapped_runs_match_overlayfs(&stack, &image.name, &["--remap-labels"]);
+    let listing = snap(&stack, &["ls"]);
+    assert_eq!(
+        listing.lines().count(),
+        before + 1,
+        "the copy is no snapshot containerd sees:\n{listing}"
+    );
+    let (upper, lowers, options) = upper_and_lowers(&stack, &id);
+    assert_eq!(option(&options, "uidmap"), None, "{options:?}");
+    assert_eq!(option(&options, "gidmap"), None, "{options:?}");
+    let [copy] = lowers.as_slice() else {
+        panic!("one lower dir, the copy: {lowers:?}")
+    };
+    let copy_dir = copy.parent().expect("the copy's directory");
+    assert!(
+        copy_dir
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('r')),
+        "{copy:?}"
+    );
+    let r = MAPPED_ROOT;
+    assert_eq!(owner_of(copy), (r, r));
+    assert_eq!(owner_of(&copy.join("data")), (r + 1000, r + 1000));
+    assert_eq!(owner_of(&copy.join("data/f")), (r + 1000, r + 1001));
+    assert_eq!(owner_of(&copy.join("etc/app.conf")), (r, r));
+    assert_eq!(
+        std::fs::read_to_string(copy.join("data/f")).expect("copied file"),
+        "user file\n",
+        "the container's writes went to its upper dir"
+    );
+    assert_eq!(owner_of(&upper), (r, r));
+    assert_eq!(owner_of(&upper.join("new-dir")), (r + 1000, r + 1000));
+    assert_eq!(owner_of(&upper.join("data/f")), (r + 1000, r + 1001));
+    // The image's own layers, under strata's root, kept their owners.
+    let layers: Vec<PathBuf> = std::fs::read_dir(strata_root(&stack).join("snapshots"))
+        .expect("strata's snapshots")
+        .map(|e| e.expect("entry").path().join("fs"))
+        .filter(|fs| {
+            fs.join("data").exists()
+                && *fs != upper
+                && fs
+                    .parent()
+                    .and_then(Path::file_name)
+                    .is_some_and(|n| n.to_string_lossy().parse::<u64>().is_ok())
+        })
+        .collect();
+    assert_layer_unshifted(&layers);
+
+    // A second container with the same mapping stands on the same copy.
+    let id2 = unique_name("idmap-again");
+    run_mapped(&stack, "strata", &image.name, &id2, &["--remap-labels"]);
+    let (_, lowers2, _) = upper_and_lowers(&stack, &id2);
+    assert_eq!(lowers2, lowers, "the copy is shared");
+
+    unmapped_run_sees_the_images_owners(&stack, &image.name);
+
+    // containerd's client refuses to chown a file whose owner the mapping leaves out; so
+    // does strata's copy.
+    let far = owners_image(version, true);
+    import(&stack, &far, "owners-far");
+    let out = ctd.ctr(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        "strata",
+        "--uidmap",
+        MAP,
+        "--gidmap",
+        MAP,
+        "--remap-labels",
+        &far.name,
+        &unique_name("far"),
+        "/bin/true",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("/data/far")
+            && stderr.contains("container ID 70000 cannot be mapped to a host ID"),
+        "an owner outside the map: {stderr}"
+    );
+
+    // Removing the containers removes their snapshots in containerd's next GC, which a
+    // synchronous image removal runs; the copy goes with its last user.
+    ctd.ctr_ok(&["containers", "rm", &id]);
+    let gc_tag = format!("{}-gc", image.name);
+    ctd.ctr_ok(&["images", "tag", &image.name, &gc_tag]);
+    ctd.ctr_ok(&["images", "rm", "--sync", &gc_tag]);
+    assert!(
+        copy.exists(),
+        "the second container still stands on the copy"
+    );
+    ctd.ctr_ok(&["containers", "rm", &id2]);
+    ctd.ctr_ok(&["images", "tag", &image.name, &gc_tag]);
+    ctd.ctr_ok(&["images", "rm", "--sync", &gc_tag]);
+    assert!(
+        !copy_dir.exists(),
+        "the copy went with its last user:\n{}",
+        stack.log_tails()
+    );
+    assert_layer_unshifted(&layers);
+    unmapped_run_sees_the_images_owners(&stack, &image.name);
+}
+
+#[test]
+fn copied_snapshots_containerd_2() {
+    copied_snapshots(Version::V2);
+}
+
+/// containerd 1.7 mounts no `uidmap=` options, but needs none here: with the capability its
+/// client passes the mapping labels (`--remap-labels`) and strata's copy does the rest.
+#[test]
+fn copied_snapshots_containerd_1_7() {
+    copied_snapshots(Version::V1_7);
 }
 
 /// Without `remap-ids` (strata's default `remap_ids = false`), containerd 2.x's client shifts
