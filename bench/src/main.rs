@@ -27,7 +27,8 @@ struct Args {
     /// (default 3; 1 with --quick).
     #[arg(long)]
     runs: Option<usize>,
-    /// Workloads to run, comma-separated (default all): import, start, content, reference.
+    /// Workloads to run, comma-separated (default all): import, start, content, diff,
+    /// reference.
     #[arg(long, value_delimiter = ',')]
     workloads: Vec<String>,
     /// Run one CPU-bound process per core alongside, as a busy node would.

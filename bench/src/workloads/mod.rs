@@ -2,6 +2,7 @@
 //! with samples from both stacks.
 
 pub mod content;
+pub mod diff;
 pub mod import;
 pub mod reference;
 pub mod start;
@@ -40,7 +41,7 @@ impl Ctx {
 pub type Result<T> = std::result::Result<T, String>;
 
 /// Workloads by name, in the order a full run takes them.
-pub const ALL: [&str; 4] = ["import", "start", "content", "reference"];
+pub const ALL: [&str; 5] = ["import", "start", "content", "diff", "reference"];
 
 /// Runs the workload `name`.
 pub fn run(name: &str, ctx: &Ctx, rss: &mut RssFigures) -> Result<Section> {
@@ -48,6 +49,7 @@ pub fn run(name: &str, ctx: &Ctx, rss: &mut RssFigures) -> Result<Section> {
         "import" => import::run(ctx, rss),
         "start" => start::run(ctx),
         "content" => content::run(ctx),
+        "diff" => diff::run(ctx),
         "reference" => reference::run(ctx),
         other => Err(format!(
             "unknown workload {other:?} (one of {})",
