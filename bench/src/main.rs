@@ -28,7 +28,7 @@ struct Args {
     #[arg(long)]
     runs: Option<usize>,
     /// Workloads to run, comma-separated (default all): import, start, content, diff,
-    /// reference.
+    /// snapshots, reference.
     #[arg(long, value_delimiter = ',')]
     workloads: Vec<String>,
     /// Run one CPU-bound process per core alongside, as a busy node would.

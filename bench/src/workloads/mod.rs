@@ -5,6 +5,7 @@ pub mod content;
 pub mod diff;
 pub mod import;
 pub mod reference;
+pub mod snapshots;
 pub mod start;
 pub mod unpack;
 
@@ -41,7 +42,14 @@ impl Ctx {
 pub type Result<T> = std::result::Result<T, String>;
 
 /// Workloads by name, in the order a full run takes them.
-pub const ALL: [&str; 5] = ["import", "start", "content", "diff", "reference"];
+pub const ALL: [&str; 6] = [
+    "import",
+    "start",
+    "content",
+    "diff",
+    "snapshots",
+    "reference",
+];
 
 /// Runs the workload `name`.
 pub fn run(name: &str, ctx: &Ctx, rss: &mut RssFigures) -> Result<Section> {
@@ -50,6 +58,7 @@ pub fn run(name: &str, ctx: &Ctx, rss: &mut RssFigures) -> Result<Section> {
         "start" => start::run(ctx),
         "content" => content::run(ctx),
         "diff" => diff::run(ctx),
+        "snapshots" => snapshots::run(ctx),
         "reference" => reference::run(ctx),
         other => Err(format!(
             "unknown workload {other:?} (one of {})",
