@@ -1087,7 +1087,8 @@ fn size_limits_without_quotas_are_refused_containerd_2() {
 
 /// A container whose snapshot has a size limit, on containerd 2.x: writing past the limit fails
 /// inside the container (EDQUOT, "Disk quota exceeded", on ext4; ENOSPC on xfs) while a
-/// container without a limit on the same file system writes on. Needs the scratch dirs
+/// container without a limit on the same file system writes on, and removing the container
+/// (containerd's GC) removes the snapshot and frees its project. Needs the scratch dirs
 /// (`$STRATA_TEST_TMPDIR`) on a file system with project quotas, which this machine's kernel
 /// cannot mount: `scripts/quota-vm.sh` runs it in a VM on a loop-mounted ext4 with `prjquota`.
 #[test]
@@ -1136,5 +1137,92 @@ fn size_limited_container_containerd_2() {
         out.contains("wrote-16"),
         "an unlimited neighbour writes on: {out}"
     );
+
+    // Removing the container removes its snapshot in containerd's next GC (a synchronous
+    // image removal runs one), and with it the project's limit and usage.
+    let (upper, _, _) = upper_and_lowers(&stack, &limited);
+    let project = project_of(&upper);
+    assert!(
+        project > 1_000_000,
+        "{} in project {project}",
+        upper.display()
+    );
+    let (used, limit) = project_quota(&upper, project);
+    assert_eq!(limit, 8 << 20, "the project's limit");
+    assert!(used > 4 << 20, "the project's usage: {used}");
     stack.containerd.ctr_ok(&["containers", "rm", &limited]);
+    let gc_tag = format!("{}-gc", image.name);
+    stack
+        .containerd
+        .ctr_ok(&["images", "tag", &image.name, &gc_tag]);
+    stack
+        .containerd
+        .ctr_ok(&["images", "rm", "--sync", &gc_tag]);
+    assert!(
+        !upper.exists(),
+        "containerd's GC removed the snapshot:\n{}",
+        stack.log_tails()
+    );
+    let parent = upper
+        .parent()
+        .and_then(Path::parent)
+        .expect("snapshots dir");
+    assert_eq!(
+        project_quota(parent, project),
+        (0, 0),
+        "project {project} freed"
+    );
+}
+
+/// The project quota id of `path` (`lsattr -p`).
+fn project_of(path: &Path) -> u32 {
+    let out = Command::new("lsattr")
+        .args(["-p", "-d"])
+        .arg(path)
+        .output()
+        .expect("running lsattr");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("lsattr -pd {}: {text} {out:?}", path.display()))
+}
+
+/// Project `project`'s usage and hard block limit in bytes on the file system holding `path`,
+/// as `xfs_quota` (foreign mode for ext4) reports them; a project without either prints
+/// nothing or zeros.
+fn project_quota(path: &Path, project: u32) -> (u64, u64) {
+    let df = Command::new("df")
+        .arg("--output=target")
+        .arg(path)
+        .output()
+        .expect("running df");
+    let mount = String::from_utf8_lossy(&df.stdout)
+        .lines()
+        .nth(1)
+        .expect("df names the mount point")
+        .trim()
+        .to_string();
+    let out = Command::new("xfs_quota")
+        .args(["-f", "-x", "-c"])
+        .arg(format!("quota -p -N -b -n {project}"))
+        .arg(&mount)
+        .output()
+        .expect("running xfs_quota");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "xfs_quota: {text} {out:?}");
+    let Some(line) = text.lines().find(|l| !l.trim().is_empty()) else {
+        return (0, 0);
+    };
+    // `<device> <used> <soft> <hard> <warn/grace> ... <mount>`, in KiB.
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(3)
+        .map(|f| {
+            f.parse()
+                .unwrap_or_else(|_| panic!("xfs_quota line {line:?}"))
+        })
+        .collect();
+    (fields[0] * 1024, fields[2] * 1024)
 }
