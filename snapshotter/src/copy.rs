@@ -103,7 +103,7 @@ fn copy_tree(src: &Path, dst: &Path, map: Option<&IdMap>) -> Result<(), CopyErro
             if ft.is_symlink() {
                 std::os::unix::fs::symlink(std::fs::read_link(from)?, &to)
             } else if ft.is_file() {
-                let mut r = std::fs::File::open(from)?;
+                let mut r = open_source(from)?;
                 let mut w = std::fs::File::create(&to)?;
                 io::copy(&mut r, &mut w).map(drop)
             } else {
@@ -122,6 +122,21 @@ fn copy_tree(src: &Path, dst: &Path, map: Option<&IdMap>) -> Result<(), CopyErro
         apply_metadata(&from, &to, &md, owner, map)?;
     }
     Ok(())
+}
+
+/// Opens a file to copy without touching its access time: the layers being copied are shared
+/// and are not to change, not even there. Without the right to (O_NOATIME needs the owner or
+/// CAP_FOWNER), a plain open.
+fn open_source(p: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOATIME)
+        .open(p)
+    {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => std::fs::File::open(p),
+        other => other,
+    }
 }
 
 fn cpath(p: &Path) -> io::Result<CString> {

@@ -1584,6 +1584,32 @@ mod tests {
     }
 
     #[test]
+    fn a_chain_too_long_for_one_mount_page_is_copied_too() {
+        let (_d, s) = open_copying(true);
+        let mut parent = String::new();
+        // 150 lower dirs of `<tmp>/snapshots/<id>/fs` overflow a page of mount options: the
+        // chain is mounted with paths relative to `snapshots/`, as containerd does.
+        for i in 1..=150u32 {
+            let key = format!("l{i}-a");
+            s.prepare(&key, &parent, &none()).unwrap();
+            let f = s.layout().fs(u64::from(i)).join(format!("f{i}"));
+            std::fs::write(&f, b"x").unwrap();
+            std::os::unix::fs::lchown(&f, Some(i), Some(i)).unwrap();
+            parent = format!("l{i}");
+            s.commit(&parent, &key, &none(), "").unwrap();
+        }
+        let m = s
+            .prepare("c", &parent, &mapping("0:100000:65536", "0:100000:65536"))
+            .unwrap();
+        let copy = s.layout().remap_fs(1);
+        assert_eq!(lowerdir(&m), copy.to_string_lossy());
+        for i in [1u32, 75, 150] {
+            assert_eq!(owner(&copy.join(format!("f{i}"))), (100000 + i, 100000 + i));
+        }
+        assert_eq!(std::fs::read_dir(&copy).unwrap().count(), 150);
+    }
+
+    #[test]
     fn owners_outside_the_mapping_are_refused_like_containerds_chown() {
         let (_d, s) = open_copying(true);
         s.prepare("l-a", "", &none()).unwrap();
