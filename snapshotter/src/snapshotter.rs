@@ -435,6 +435,10 @@ impl Snapshotter {
                     None => {
                         let dir = temp.join("copy");
                         self.build_shifted_copy(&chain, &remap, &dir)?;
+                        // Its data on disk now, outside the metadata lock: a journal commit
+                        // (the fsync of `snapshots/` below) does not write delayed data.
+                        sync_file_system(&dir)
+                            .map_err(|e| Error::io("sync the shifted copy", e))?;
                         Some(dir)
                     }
                 };
@@ -502,7 +506,8 @@ impl Snapshotter {
                 std::fs::rename(&built, &to)
                     .map_err(|e| Error::io(format!("rename {} into place", built.display()), e))?;
                 // Always on disk before the row that names it, whatever the durability: it is
-                // no empty directory that start-up could make up again.
+                // no empty directory that start-up could make up again. Its files were synced
+                // after the copy; this makes the rename durable.
                 if let Err(e) = self.sync_snapshots_dir() {
                     let _ = std::fs::remove_dir_all(&to);
                     return Err(e);
@@ -1021,6 +1026,17 @@ impl Snapshotter {
         }
         Ok(removed)
     }
+}
+
+/// syncfs(2) of the file system holding `path`.
+fn sync_file_system(path: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path)?;
+    // SAFETY: a valid open descriptor.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Stores a measured usage. Holding the writer's lock meanwhile keeps the two connections from
