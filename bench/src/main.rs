@@ -31,6 +31,10 @@ struct Args {
     /// snapshots, reference.
     #[arg(long, value_delimiter = ',')]
     workloads: Vec<String>,
+    /// Only these image fixtures, comma-separated `name:compression` (smallfiles, bigfiles,
+    /// mixed; gzip, zstd, none), for import and the machine's limits.
+    #[arg(long, value_delimiter = ',')]
+    fixtures: Vec<String>,
     /// Run one CPU-bound process per core alongside, as a busy node would.
     #[arg(long)]
     contention: bool,
@@ -38,7 +42,7 @@ struct Args {
     #[arg(long)]
     scratch: Option<PathBuf>,
     /// Write benchmarks.md and benchmarks.svg into this dir (default: the workspace's docs/
-    /// for a full run, nowhere with --quick).
+    /// after a complete run: all workloads and fixtures, at least 3 runs, not --quick).
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -68,6 +72,9 @@ fn command_line(args: &Args) -> String {
     }
     if !args.workloads.is_empty() {
         cmd.push_str(&format!(" --workloads {}", args.workloads.join(",")));
+    }
+    if !args.fixtures.is_empty() {
+        cmd.push_str(&format!(" --fixtures {}", args.fixtures.join(",")));
     }
     if args.contention {
         cmd.push_str(" --contention");
@@ -121,6 +128,16 @@ fn run(args: &Args) -> Result<(), String> {
         args.workloads.clone()
     };
     let runs = args.runs.unwrap_or(if args.quick { 1 } else { 3 });
+    let known: Vec<String> = workloads::import::all_fixtures(args.quick)
+        .iter()
+        .map(|f| f.label())
+        .collect();
+    if let Some(f) = args.fixtures.iter().find(|f| !known.contains(f)) {
+        return Err(format!(
+            "unknown fixture {f:?} (one of {})",
+            known.join(", ")
+        ));
+    }
     let hogs = if args.contention {
         Some(hog::Hogs::start(hog::cpus()).map_err(|e| format!("starting the CPU hogs: {e}"))?)
     } else {
@@ -140,6 +157,7 @@ fn run(args: &Args) -> Result<(), String> {
             runs,
             quick: args.quick,
             contended: args.contention,
+            only_fixtures: args.fixtures.clone(),
             scratch: scratch.path().to_path_buf(),
             rt,
         };
@@ -165,10 +183,15 @@ fn run(args: &Args) -> Result<(), String> {
         &finished,
     );
     drop(hogs);
+    // Only a complete run may replace the figures in docs/ unasked.
+    let complete = !args.quick
+        && args.workloads.is_empty()
+        && args.fixtures.is_empty()
+        && args.runs.is_none_or(|r| r >= 3);
     let out = args
         .out
         .clone()
-        .or_else(|| (!args.quick).then(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs")));
+        .or_else(|| complete.then(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs")));
     let lost = missed(results.iter().flat_map(|(_, _, s)| s));
     if let Some(dir) = out {
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;

@@ -9,7 +9,7 @@ use strata_testkit::fixtures::{self, Params};
 use strata_testkit::image::Image;
 
 use super::unpack::unpack;
-use super::{Ctx, Result, RssFigures, timed_ctr};
+use super::{Ctx, Result, RssFigures, phases, timed_ctr};
 use crate::report::{Row, Section, Unit};
 use crate::side::{Side, check_strata_applied};
 
@@ -35,8 +35,17 @@ impl Fixture {
 }
 
 /// The fixtures a run imports: every shape (small files, big files, a 6-layer image) in gzip,
-/// zstd and plain; in quick mode one of each shape, scaled down.
-pub fn fixtures(quick: bool) -> Vec<Fixture> {
+/// zstd and plain; in quick mode one of each shape, scaled down; only those `ctx` names, if
+/// it names any.
+pub fn fixtures(ctx: &Ctx) -> Vec<Fixture> {
+    all_fixtures(ctx.quick)
+        .into_iter()
+        .filter(|f| ctx.only_fixtures.is_empty() || ctx.only_fixtures.contains(&f.label()))
+        .collect()
+}
+
+/// Every fixture a run of this mode knows.
+pub fn all_fixtures(quick: bool) -> Vec<Fixture> {
     use Compression::{Gzip, None, Zstd};
     let all: &[(&str, Compression)] = if quick {
         &[("smallfiles", Gzip), ("bigfiles", Zstd), ("mixed", Gzip)]
@@ -69,7 +78,7 @@ fn import_target(f: Fixture, contended: bool) -> f64 {
 
 pub fn run(ctx: &Ctx, rss: &mut RssFigures) -> Result<Section> {
     let mut rows = Vec::new();
-    for fixture in fixtures(ctx.quick) {
+    for fixture in fixtures(ctx) {
         let image = fixture.image(ctx)?;
         let archive = ctx
             .scratch
@@ -87,6 +96,16 @@ pub fn run(ctx: &Ctx, rss: &mut RssFigures) -> Result<Section> {
             format!("import {label}"),
             Unit::Seconds,
             Some(import_target(fixture, ctx.contended)),
+        );
+        let mut ingest_phase = Row::new(
+            format!("{}: import's ingest (import - unpack)", fixture.label()),
+            Unit::Seconds,
+            None,
+        );
+        let mut unpack_phase = Row::new(
+            format!("{}: import's unpack (containerd's log)", fixture.label()),
+            Unit::Seconds,
+            None,
         );
         let mut unpacked = Row::new(
             format!("unpack alone {}", fixture.label()),
@@ -108,6 +127,10 @@ pub fn run(ctx: &Ctx, rss: &mut RssFigures) -> Result<Section> {
                     ],
                 )?;
                 import.push(side, import_secs);
+                if let Some(u) = phases::unpack_secs(&stack.containerd.log()) {
+                    unpack_phase.push(side, u);
+                    ingest_phase.push(side, import_secs - u);
+                }
                 let (_lease, cx) = stack.lease("bench").map_err(|e| e.to_string())?;
                 let unpack_secs =
                     unpack(&ctx.rt, &stack, &cx, side.snapshotter(), &image, "again")?;
@@ -124,12 +147,19 @@ pub fn run(ctx: &Ctx, rss: &mut RssFigures) -> Result<Section> {
         }
         std::fs::remove_file(&archive).map_err(|e| format!("{}: {e}", archive.display()))?;
         rows.push(import);
+        // containerd 1.7 unpacks in ctr, which logs no phases.
+        if !unpack_phase.builtin.is_empty() && !unpack_phase.strata.is_empty() {
+            rows.push(ingest_phase);
+            rows.push(unpack_phase);
+        }
         rows.push(unpacked);
     }
     Ok(Section {
         title: "Image import and unpack".into(),
         about: "`ctr images import --snapshotter S ARCHIVE` (content ingest through containerd, \
-                then unpack: Prepare, Apply, Commit per layer) into a fresh containerd per run; \
+                then unpack: Prepare, Apply, Commit per layer) into a fresh containerd per run, \
+                split (2.x) into its unpack, as containerd's unpacker logs it per layer, and the \
+                rest (ctr streaming the archive, blobs written into the content store); \
                 then \"unpack alone\": the same image unpacked again into new snapshots by a \
                 client on containerd's socket (Prepare, Apply through containerd's diff \
                 service, Commit), with no ingest. strata's side checks that strata-differ, not \

@@ -4,6 +4,7 @@
 pub mod content;
 pub mod diff;
 pub mod import;
+pub mod phases;
 pub mod reference;
 pub mod snapshots;
 pub mod start;
@@ -26,6 +27,8 @@ pub struct Ctx {
     pub quick: bool,
     /// CPU-bound processes compete for the cores during the run (`--contention`).
     pub contended: bool,
+    /// Only these fixtures (`name:compression`), if any (`--fixtures`).
+    pub only_fixtures: Vec<String>,
     /// Where fixtures and spooled blobs go (the scratch file system).
     pub scratch: PathBuf,
     pub rt: tokio::runtime::Runtime,

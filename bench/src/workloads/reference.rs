@@ -14,7 +14,7 @@ use crate::report::{Reference, Section, Unit};
 
 pub fn run(ctx: &Ctx) -> Result<Section> {
     let mut references = Vec::new();
-    for fixture in fixtures(ctx.quick) {
+    for fixture in fixtures(ctx) {
         let image = fixture.image(ctx)?;
         let [layer] = image.layers() else {
             continue;
