@@ -17,7 +17,7 @@ use strata_proto::content::{ReadContentRequest, WriteAction, WriteContentRequest
 use tonic::codegen::tokio_stream::{self, StreamExt};
 use tonic::transport::Channel;
 
-use crate::{PluginSet, Stack, StackOptions, Version};
+use crate::Version;
 
 pub const MIB: usize = 1 << 20;
 
@@ -75,26 +75,6 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
-}
-
-/// A containerd of `version` with only the built-ins (`walking`), or with strata-differ wired
-/// ahead of them (`strata`). `STRATA_BENCH_BLOB_FILES=1` gives strata-differ containerd's
-/// content directory (`content_root`). Panics if it does not start.
-pub fn differ_stack(version: Version, strata: bool) -> Stack {
-    let set = if strata {
-        PluginSet {
-            differ: true,
-            ..PluginSet::NONE
-        }
-    } else {
-        PluginSet::NONE
-    };
-    let options = StackOptions {
-        differ_reads_blob_files: std::env::var("STRATA_BENCH_BLOB_FILES").as_deref() == Ok("1"),
-        plugin_args: Vec::new(),
-        ..StackOptions::only(set)
-    };
-    Stack::start(version, &options).expect("starting the stack")
 }
 
 /// The harness starts strata at `--log-level debug`, which as a tracing filter also turns on

@@ -18,6 +18,13 @@ use strata_tests::bench::sync;
 
 use super::Result;
 
+/// Seconds an unpack took: all its calls, and its Applies alone.
+#[derive(Clone, Copy, Debug)]
+pub struct Unpacked {
+    pub total: f64,
+    pub apply: f64,
+}
+
 /// Unpacks `image` (already in `stack`'s content store) into new snapshots `TAG-c0...` of
 /// `snapshotter`, in the lease `cx` carries; the seconds its Prepares, Applies and Commits
 /// took. Fails if an applied layer's digest is not its diffID.
@@ -28,14 +35,17 @@ pub fn unpack(
     snapshotter: &str,
     image: &Image,
     tag: &str,
-) -> Result<f64> {
+) -> Result<Unpacked> {
     let socket = stack.containerd.socket();
     rt.block_on(async {
         let ch = unix_channel(&socket);
         let mut snaps = SnapshotsClient::new(ch.clone());
         let mut diff = DiffClient::new(ch);
         let mut parent = String::new();
-        let mut secs = 0.0;
+        let mut took = Unpacked {
+            total: 0.0,
+            apply: 0.0,
+        };
         let failed = |what: &str, e: tonic::Status| format!("{what}: {e}\n{}", stack.log_tails());
         for (i, layer) in image.layers().iter().enumerate() {
             sync();
@@ -69,11 +79,13 @@ pub fn unpack(
                     sync_fs: false,
                 })
                 .map_err(|e| e.to_string())?;
+            let applying = Instant::now();
             let applied = diff
                 .apply(apply)
                 .await
                 .map_err(|e| failed("Apply", e))?
                 .into_inner();
+            took.apply += applying.elapsed().as_secs_f64();
             let commit = cx
                 .request(CommitSnapshotRequest {
                     snapshotter: snapshotter.into(),
@@ -87,7 +99,7 @@ pub fn unpack(
                 .commit(commit)
                 .await
                 .map_err(|e| failed("Commit", e))?;
-            secs += t.elapsed().as_secs_f64();
+            took.total += t.elapsed().as_secs_f64();
             let got = applied.applied.map(|d| d.digest).unwrap_or_default();
             if got != layer.diff_id {
                 return Err(format!(
@@ -97,6 +109,6 @@ pub fn unpack(
             }
             parent = name;
         }
-        Ok(secs)
+        Ok(took)
     })
 }
