@@ -15,6 +15,9 @@ packages=(
   systemd                    # systemd-socket-activate in the server lifecycle tests
   ca-certificates gcc make pkg-config  # -sys crates build C code
   nasm autoconf automake libtool       # isal-sys builds ISA-L (the differ's gzip inflate)
+  isal pigz                  # igzip and unpigz: containerd's walking differ pipes gzip through
+                             # them when on PATH (2.x igzip, else unpigz), as on a tuned node;
+                             # the benchmark measures the built-ins at their best
 )
 missing=()
 for p in "${packages[@]}"; do

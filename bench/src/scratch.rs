@@ -16,6 +16,7 @@ impl Scratch {
     /// A new `size_gib` GiB sparse image under /var/tmp, made ext4 (with its default journal)
     /// and loop-mounted on a short path (sockets live below it).
     pub fn loop_ext4(size_gib: u64) -> Result<Scratch, String> {
+        reap_dead_runs();
         let id = std::process::id();
         let image = PathBuf::from(format!("/var/tmp/strata-bench-{id}.img"));
         let dir = PathBuf::from(format!("/run/strata-bench-{id}"));
@@ -83,6 +84,33 @@ impl Drop for Scratch {
             }
             let _ = std::fs::remove_file(image);
         }
+    }
+}
+
+/// Unmounts and deletes what runs that died without cleaning up (killed, or interrupted with
+/// Ctrl-C) left: their file systems, everything mounted below them, and their images.
+fn reap_dead_runs() {
+    let Ok(entries) = std::fs::read_dir("/run") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("strata-bench-") else {
+            continue;
+        };
+        if pid.parse::<u32>().is_err() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let dir = e.path();
+        eprintln!(
+            "strata-bench: removing {}, left by a run that died",
+            dir.display()
+        );
+        for problem in strata_tests::tmp::unmount_below(&dir) {
+            eprintln!("strata-bench: {problem}");
+        }
+        let _ = std::fs::remove_dir(&dir);
+        let _ = std::fs::remove_file(format!("/var/tmp/strata-bench-{pid}.img"));
     }
 }
 
