@@ -203,6 +203,7 @@ fn run(args: &Args) -> Result<(), String> {
                 sections
                     .iter()
                     .flat_map(|s| &s.rows)
+                    .filter(|r| r.columns.is_none())
                     .map(move |r| (format!("{v}: {}", r.label), r))
             })
             .collect();
