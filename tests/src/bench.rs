@@ -1,6 +1,5 @@
-//! What the benchmarks share: medians, a sync before each timed step, timing a command,
-//! whether a tool is installed, the knobs read from the environment, the containerd the
-//! differ benchmarks compare, a content API client moving 1 MiB per call, and a process's
+//! What strata-bench and the tests share: a sync before each timed step, timing a command,
+//! whether a tool is installed, a content API client moving 1 MiB per call, and a process's
 //! peak memory and CPU time.
 
 use std::collections::{BTreeMap, HashMap};
@@ -17,20 +16,7 @@ use strata_proto::content::{ReadContentRequest, WriteAction, WriteContentRequest
 use tonic::codegen::tokio_stream::{self, StreamExt};
 use tonic::transport::Channel;
 
-use crate::Version;
-
 pub const MIB: usize = 1 << 20;
-
-/// The median (upper middle for an even count); NaN for no samples.
-pub fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        f64::NAN
-    } else {
-        v[v.len() / 2]
-    }
-}
 
 /// Flushes every file system, so writeback of one step does not land on the next.
 pub fn sync() {
@@ -59,40 +45,6 @@ pub fn have(tool: &str) -> bool {
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
-}
-
-/// The containerd release `STRATA_BENCH_VERSION` names: `1.7`, else 2.x.
-pub fn version_from_env() -> Version {
-    match std::env::var("STRATA_BENCH_VERSION").as_deref() {
-        Ok("1.7") => Version::V1_7,
-        _ => Version::V2,
-    }
-}
-
-/// The environment variable `name` parsed as a `T`, or `default` when unset or unparsable.
-pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
-
-/// The harness starts strata at `--log-level debug`, which as a tracing filter also turns on
-/// h2's dump of every HTTP/2 frame it sends and receives (a log line per 16 KiB of payload,
-/// written to a file) and the HTTP client's per-request events, which no deployment (`info`)
-/// pays. Keeps strata's own debug events and drops those, unless the caller chose `RUST_LOG`.
-/// Call it first thing in a benchmark binary's only test, before any thread or process starts.
-pub fn quiet_debug_logs() {
-    if std::env::var_os("RUST_LOG").is_none() {
-        // SAFETY: the caller runs this before it starts any thread or process, in a binary
-        // with no other test that could read the environment meanwhile.
-        unsafe {
-            std::env::set_var(
-                "RUST_LOG",
-                "debug,h2=info,hyper=info,reqwest=info,object_store=info",
-            )
-        };
-    }
 }
 
 /// Megabytes (10^6) per second.
@@ -379,10 +331,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn medians() {
-        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 3.0);
-        assert!(median(&[]).is_nan());
+    fn finds_tools() {
         assert!(have("sh"));
         assert!(!have("strata-no-such-tool"));
     }

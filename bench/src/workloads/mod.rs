@@ -6,6 +6,7 @@ pub mod diff;
 pub mod import;
 pub mod phases;
 pub mod reference;
+pub mod s3;
 pub mod snapshots;
 pub mod start;
 pub mod unpack;
@@ -45,10 +46,11 @@ impl Ctx {
 pub type Result<T> = std::result::Result<T, String>;
 
 /// Workloads by name, in the order a full run takes them.
-pub const ALL: [&str; 6] = [
+pub const ALL: [&str; 7] = [
     "import",
     "start",
     "content",
+    "s3",
     "diff",
     "snapshots",
     "reference",
@@ -60,6 +62,7 @@ pub fn run(name: &str, ctx: &Ctx, rss: &mut RssFigures) -> Result<Section> {
         "import" => import::run(ctx, rss),
         "start" => start::run(ctx),
         "content" => content::run(ctx),
+        "s3" => s3::run(ctx),
         "diff" => diff::run(ctx),
         "snapshots" => snapshots::run(ctx),
         "reference" => reference::run(ctx),
