@@ -71,6 +71,42 @@ impl Bucket {
         Ok(keys)
     }
 
+    /// Every object below `prefix` as (key, `last-modified e-tag`), sorted: a blob uploaded
+    /// again under the same key shows as another version.
+    pub async fn list_versions(&self, prefix: &str) -> Result<Vec<(String, String)>> {
+        let prefix = ObjectPath::from(prefix);
+        let mut objects: Vec<(String, String)> = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|meta| {
+                let version = format!("{} {:?}", meta.last_modified, meta.e_tag);
+                (meta.location.to_string(), version)
+            })
+            .try_collect()
+            .await
+            .map_err(|e| Error::new(format!("listing {prefix} in {}: {e}", self.describe)))?;
+        objects.sort();
+        Ok(objects)
+    }
+
+    /// Whether object `key` exists (a HEAD).
+    pub async fn exists(&self, key: &str) -> Result<bool> {
+        match self.store.head(&ObjectPath::from(key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(Error::new(format!("HEAD {key} in {}: {e}", self.describe))),
+        }
+    }
+
+    /// Stores `data` as object `key` (one PUT).
+    pub async fn put(&self, key: &str, data: Vec<u8>) -> Result<()> {
+        self.store
+            .put(&ObjectPath::from(key), data.into())
+            .await
+            .map(drop)
+            .map_err(|e| Error::new(format!("PUT {key} in {}: {e}", self.describe)))
+    }
+
     /// [`list_keys`](Self::list_keys) from synchronous code (not from inside a tokio runtime).
     pub fn keys(&self, prefix: &str) -> Result<Vec<String>> {
         let rt = tokio::runtime::Builder::new_current_thread()

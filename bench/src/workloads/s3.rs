@@ -13,6 +13,9 @@
 //!    (node B on A's prefix: containerd's importer does not name digests up front, so B
 //!    ingests each blob and finds it in the bucket at the commit); and the same archive
 //!    imported again into a new namespace on the local stack and on A (warm).
+//!
+//! Reference rows: Garage's latency for the small requests around every commit, and the peak
+//! RSS of each strata-content over the direct ingest and cold read (issue 11: bounded memory).
 
 use std::ffi::{OsStr, OsString};
 use std::path::Path;
@@ -30,7 +33,8 @@ use strata_tests::bench::{
 use strata_tests::tmp::TestDir;
 use strata_tests::wait::until;
 use strata_tests::{
-    GarageCluster, PluginKind, PluginSet, Stack, StackOptions, StrataProcess, Version, unique_name,
+    Bucket, GarageCluster, PluginKind, PluginSet, Stack, StackOptions, StrataProcess, Version,
+    unique_name,
 };
 use tonic::transport::Channel;
 
@@ -270,6 +274,7 @@ fn imports(ctx: &Ctx, fleet: &Fleet, garage: &[u32], rows: &mut [Row; 3]) -> Res
     image
         .write_archive(&archive)
         .map_err(|e| format!("{}: {e}", archive.display()))?;
+    let bucket = Bucket::garage(&fleet.cluster, 2).map_err(|e| e.to_string())?;
     for _ in 0..ctx.runs {
         let local = import_stack(ctx.version, Vec::new())?;
         let ns = local.containerd.namespace().to_string();
@@ -294,13 +299,67 @@ fn imports(ctx: &Ctx, fleet: &Fleet, garage: &[u32], rows: &mut [Row; 3]) -> Res
             .strata
             .push(timed_import(&a, &archive, garage, &unique_name("warm"))?);
 
+        let blobs = format!("{prefix}blobs");
+        let before = ctx
+            .rt
+            .block_on(bucket.list_versions(&blobs))
+            .map_err(|e| e.to_string())?;
         let b = import_stack(ctx.version, fleet.config_args(1, &prefix, "b")?)?;
         let ns = b.containerd.namespace().to_string();
         rows[1]
             .strata
             .push(timed_import(&b, &archive, garage, &ns)?);
+        // The row's claim: B's commits found every blob in the bucket and stored none again.
+        let after = ctx
+            .rt
+            .block_on(bucket.list_versions(&blobs))
+            .map_err(|e| e.to_string())?;
+        if before.is_empty() || after != before {
+            return Err(format!(
+                "node B's import changed the bucket's blobs under {blobs}: {before:?} -> {after:?}"
+            ));
+        }
     }
     Ok(())
+}
+
+/// Latency of the small requests the s3 backend makes around every commit and adoption
+/// (marker PUTs, HEADs of missing flags and of blobs), one at a time on one connection from
+/// this process to Garage node 0: one reference row per kind, a sample per request.
+fn request_latency(ctx: &Ctx, fleet: &Fleet) -> Result<Vec<Reference>> {
+    let bucket = Bucket::garage(&fleet.cluster, 0).map_err(|e| e.to_string())?;
+    let there = format!("{}/there", unique_name("latency"));
+    let missing = format!("{there}-not");
+    let mut rows = [
+        "HEAD of a missing object",
+        "HEAD of an object",
+        "PUT of 0 bytes",
+    ]
+    .map(|k| Reference::new(format!("Garage {k}, one request at a time"), Unit::Seconds));
+    let n = if ctx.quick { 5 } else { 40 };
+    ctx.rt
+        .block_on(async {
+            bucket.put(&there, Vec::new()).await?;
+            for _ in 0..n {
+                for (i, row) in rows.iter_mut().enumerate() {
+                    let t = Instant::now();
+                    let found = match i {
+                        0 => !bucket.exists(&missing).await?,
+                        1 => bucket.exists(&there).await?,
+                        _ => bucket.put(&there, Vec::new()).await.map(|()| true)?,
+                    };
+                    row.samples.push(t.elapsed().as_secs_f64());
+                    if !found {
+                        return Err(strata_tests::Error::new(format!(
+                            "HEAD answered wrong ({i})"
+                        )));
+                    }
+                }
+            }
+            Ok(())
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(rows.into())
 }
 
 pub fn run(ctx: &Ctx) -> Result<Section> {
@@ -316,6 +375,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
         return Err(format!("garage servers not found: {garage:?}"));
     }
     let mbs = Unit::MegabytesPerSecond;
+    let mut references = request_latency(ctx, &fleet)?;
     let mut direct_rows = [
         Row::new(format!("ingest {mib} MiB (s3: commit uploads)"), mbs, None),
         Row::new("Read, warm (s3: node A's cache)", mbs, Some(WARM_TARGET)),
@@ -355,6 +415,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
         ),
     ];
     imports(ctx, &fleet, &garage, &mut import_rows)?;
+    references.extend(rss);
     let rows = direct_rows
         .into_iter()
         .chain(import_rows)
@@ -370,11 +431,12 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
              prefix, empty cache) downloading what node A uploaded. Import rows: `ctr images \
              import` of `mixed`'s six layers and `bigfiles` at a quarter scale (zstd) through \
              containerd with strata-content as its only content store; cold: node A on a fresh \
-             prefix; shared: node B on A's prefix, whose commits find every blob in the bucket; \
+             prefix; shared: node B on A's prefix, whose commits find every blob in the bucket \
+             (checked: the bucket's blob objects are unchanged by B's import); \
              warm: the same archive again into a new namespace. Targets (issue 11): warm within \
              1.05x of local, cold-cache import within 1.5x."
         ),
         rows,
-        references: rss.into(),
+        references,
     })
 }
