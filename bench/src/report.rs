@@ -19,6 +19,7 @@ impl Unit {
     fn format(self, v: f64) -> String {
         match self {
             Unit::Seconds if v < 0.1 => format!("{:.1} ms", v * 1e3),
+            Unit::Seconds if v < 1.0 => format!("{:.0} ms", v * 1e3),
             Unit::Seconds => format!("{v:.2} s"),
             Unit::MegabytesPerSecond => format!("{v:.0} MB/s"),
             Unit::Mebibytes => format!("{v:.0} MiB"),
@@ -73,6 +74,18 @@ impl Row {
         match self.unit {
             Unit::Seconds => b / s,
             Unit::MegabytesPerSecond | Unit::Mebibytes => s / b,
+        }
+    }
+
+    /// The ratio as a table shows it: two decimals, three where two would round a missed
+    /// target up to look met.
+    pub fn ratio_text(&self) -> String {
+        let r = self.ratio();
+        match self.target {
+            Some(t) if r < t && format!("{r:.2}").parse::<f64>().is_ok_and(|s| s >= t) => {
+                format!("{r:.3}x")
+            }
+            _ => format!("{r:.2}x"),
         }
     }
 
@@ -151,11 +164,11 @@ impl Section {
                 };
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | **{:.2}x** | {target} |",
+                    "| {} | {} | {} | **{}** | {target} |",
                     r.label,
                     cell(r.unit, &r.builtin),
                     cell(r.unit, &r.strata),
-                    r.ratio()
+                    r.ratio_text()
                 );
             }
             out.push('\n');
@@ -179,9 +192,9 @@ pub fn missed<'a>(sections: impl IntoIterator<Item = &'a Section>) -> Vec<String
         .filter(|r| r.met() == Some(false))
         .map(|r| {
             format!(
-                "{} ({:.2}x, target {:.2}x)",
+                "{} ({}, target {:.2}x)",
                 r.label,
-                r.ratio(),
+                r.ratio_text(),
                 r.target.unwrap_or(0.0)
             )
         })
@@ -220,6 +233,19 @@ mod tests {
             missed([&s]),
             vec!["ingest (0.50x, target 1.00x)".to_string()]
         );
+    }
+
+    #[test]
+    fn a_missed_target_never_reads_as_met() {
+        let mut r = Row::new("start", Unit::Seconds, Some(1.0));
+        r.push(Side::Builtin, 0.1235);
+        r.push(Side::Strata, 0.124);
+        assert_eq!(r.met(), Some(false));
+        assert_eq!(r.ratio_text(), "0.996x");
+        assert!(r.label.contains("start"));
+        assert_eq!(cell(Unit::Seconds, &[0.124]), "124 ms");
+        assert_eq!(cell(Unit::Seconds, &[0.0124]), "12.4 ms");
+        assert_eq!(cell(Unit::Seconds, &[1.24]), "1.24 s");
     }
 
     #[test]
