@@ -192,7 +192,7 @@ fn run(args: &Args) -> Result<(), String> {
         .out
         .clone()
         .or_else(|| complete.then(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs")));
-    let lost = missed(results.iter().flat_map(|(_, _, s)| s));
+    let lost = missed_by_version(&results);
     if let Some(dir) = out {
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let md = dir.join("benchmarks.md");
@@ -253,6 +253,18 @@ fn memory_section(rss: &RssFigures) -> Section {
     }
 }
 
+/// The rows that miss their targets, each named with its containerd release.
+fn missed_by_version(results: &[(Version, String, Vec<Section>)]) -> Vec<String> {
+    results
+        .iter()
+        .flat_map(|(v, _, sections)| {
+            missed(sections)
+                .into_iter()
+                .map(move |m| format!("{v}: {m}"))
+        })
+        .collect()
+}
+
 fn now() -> String {
     Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
@@ -299,7 +311,7 @@ fn document(
             None => "none added (other work on the machine is not controlled)".into(),
         }
     ));
-    let lost = missed(results.iter().flat_map(|(_, _, s)| s));
+    let lost = missed_by_version(results);
     doc.push_str("## Targets\n\n");
     if lost.is_empty() {
         doc.push_str("Every row with a target meets it.\n\n");

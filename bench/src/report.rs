@@ -18,6 +18,7 @@ pub enum Unit {
 impl Unit {
     fn format(self, v: f64) -> String {
         match self {
+            Unit::Seconds if v < 0.01 => format!("{:.2} ms", v * 1e3),
             Unit::Seconds if v < 0.1 => format!("{:.1} ms", v * 1e3),
             Unit::Seconds if v < 1.0 => format!("{:.0} ms", v * 1e3),
             Unit::Seconds => format!("{v:.2} s"),
@@ -245,6 +246,7 @@ mod tests {
         assert!(r.label.contains("start"));
         assert_eq!(cell(Unit::Seconds, &[0.124]), "124 ms");
         assert_eq!(cell(Unit::Seconds, &[0.0124]), "12.4 ms");
+        assert_eq!(cell(Unit::Seconds, &[0.00042]), "0.42 ms");
         assert_eq!(cell(Unit::Seconds, &[1.24]), "1.24 s");
     }
 
