@@ -9,10 +9,12 @@
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use strata_testkit::Compression;
 use strata_testkit::layer::Layer;
 use strata_testkit::tree::{dir, file};
+use strata_tests::wait::until;
 use strata_tests::{PluginKind, PluginSet, Stack, StackOptions, Version, unique_name};
 
 const SNAPSHOTTER_ONLY: PluginSet = PluginSet {
@@ -694,6 +696,26 @@ fn mapped_runs_match_overlayfs(stack: &Stack, image: &str, extra: &[&str]) -> St
     id
 }
 
+/// ctr 1.7 makes its chowned copy of the image (`KEY-UID-GID`) outside any lease: once the
+/// containers using it are gone, containerd's GC removes it in the background, and a run that
+/// found it a moment before names a parent that is gone (as it would on overlayfs). Waits for
+/// that GC, as a user typing the next command would; a copy that stays is no race.
+fn wait_for_gc_of_chowned_copies(stack: &Stack) {
+    let suffix = format!("-{MAPPED_ROOT}-{MAPPED_ROOT}");
+    for snapshotter in ["strata", "overlayfs"] {
+        let _ = until(
+            "containerd's GC of the chowned copy",
+            Duration::from_secs(20),
+            || {
+                !stack
+                    .containerd
+                    .ctr_ok(&["snapshots", "--snapshotter", snapshotter, "ls"])
+                    .contains(&suffix)
+            },
+        );
+    }
+}
+
 /// The image's layers, unshifted, still run an unmapped container.
 fn unmapped_run_sees_the_images_owners(stack: &Stack, image: &str) {
     let far = image.contains("owners-far");
@@ -990,6 +1012,7 @@ fn idmapped_snapshots_containerd_1_7() {
         assert_eq!(option(&options, "uidmap"), None, "{options:?}");
         assert_layer_unshifted(&lowers[1..]);
         stack.containerd.ctr_ok(&["containers", "rm", &id]);
+        wait_for_gc_of_chowned_copies(&stack);
     }
     unmapped_run_sees_the_images_owners(&stack, &image.name);
     drop(stack);
