@@ -6,7 +6,7 @@
 //! start, peak, end.
 //!
 //! `STRATA_LOAD_ROUNDS=N` sets each client's rounds (default 3 in CI; the figures in
-//! `docs/hardening.md` come from 20).
+//! `docs/reliability.md` come from 20).
 // Test code: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
