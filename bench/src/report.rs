@@ -151,13 +151,22 @@ impl Section {
         if !self.about.is_empty() {
             let _ = writeln!(out, "{}\n", self.about);
         }
-        if !self.rows.is_empty() {
-            let [a, b] = self.rows[0].columns.unwrap_or(["built-in", "strata"]);
-            let _ = writeln!(
-                out,
-                "| | {a} | {b} | ratio | target |\n|---|---|---|---|---|"
-            );
-            for r in &self.rows {
+        // A table per run of rows comparing the same two columns, each headed by their names.
+        let mut head = None;
+        for r in &self.rows {
+            let columns = r.columns.unwrap_or(["built-in", "strata"]);
+            if head != Some(columns) {
+                if head.is_some() {
+                    out.push('\n');
+                }
+                let [a, b] = columns;
+                let _ = writeln!(
+                    out,
+                    "| | {a} | {b} | ratio | target |\n|---|---|---|---|---|"
+                );
+                head = Some(columns);
+            }
+            {
                 let target = match (r.target, r.met()) {
                     (Some(t), Some(true)) => format!(">= {t:.2}x met"),
                     (Some(t), _) => format!(">= {t:.2}x **missed**"),
@@ -172,6 +181,8 @@ impl Section {
                     r.ratio_text()
                 );
             }
+        }
+        if head.is_some() {
             out.push('\n');
         }
         if !self.references.is_empty() {
@@ -265,5 +276,36 @@ mod tests {
             "{}",
             s.markdown(3)
         );
+    }
+
+    #[test]
+    fn rows_of_other_columns_get_a_table_of_their_own() {
+        let row = |label: &str| {
+            let mut r = Row::new(label, Unit::Seconds, None);
+            r.push(Side::Builtin, 1.0);
+            r.push(Side::Strata, 1.0);
+            r
+        };
+        let s = Section {
+            title: "t".into(),
+            rows: vec![
+                row("a"),
+                row("b"),
+                row("c").between("metrics off", "metrics on"),
+            ],
+            ..Section::default()
+        };
+        let md = s.markdown(3);
+        let heads: Vec<&str> = md.lines().filter(|l| l.starts_with("| |")).collect();
+        assert_eq!(
+            heads,
+            [
+                "| | built-in | strata | ratio | target |",
+                "| | metrics off | metrics on | ratio | target |"
+            ],
+            "{md}"
+        );
+        let c = md.find("| c |").expect("row c");
+        assert!(md.find("metrics off").expect("its head") < c, "{md}");
     }
 }

@@ -19,6 +19,7 @@ use strata_proto::snapshots as pb;
 use strata_proto::snapshots::snapshots_client::SnapshotsClient;
 use strata_proto::types::Mount;
 use strata_tests::bench::sync;
+use strata_tests::metrics::Scrape;
 use strata_tests::tmp::TestDir;
 use strata_tests::{PluginKind, StrataProcess};
 use tonic::transport::Channel;
@@ -292,6 +293,16 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
     let alone_dir = TestDir::new("snapshotter-alone").map_err(|e| e.to_string())?;
     let alone_server = StrataProcess::start(PluginKind::Snapshotter, alone_dir.path(), &[])
         .map_err(|e| e.to_string())?;
+    // And one with a metrics endpoint, whose rounds alternate with the first's: what metrics
+    // cost per call (issue 14).
+    let metered_dir = TestDir::new("snapshotter-metered").map_err(|e| e.to_string())?;
+    let metrics_socket = metered_dir.join("metrics.sock");
+    let metered_server = StrataProcess::start(
+        PluginKind::Snapshotter,
+        metered_dir.path(),
+        &["--metrics-address".into(), metrics_socket.clone().into()],
+    )
+    .map_err(|e| e.to_string())?;
     let stack = |side| {
         if side == Side::Builtin {
             &builtin
@@ -311,6 +322,17 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
                 format!("{op}, strata-snapshotter alone on its socket"),
                 Unit::Seconds,
             )
+        })
+        .collect();
+    let mut metered: Vec<Row> = OPS
+        .iter()
+        .map(|op| {
+            Row::new(
+                format!("{op}, strata-snapshotter alone"),
+                Unit::Seconds,
+                None,
+            )
+            .between("metrics off", "metrics on")
         })
         .collect();
     let mut list = Row::new(format!("List of {}", sizes.listed), Unit::Seconds, None);
@@ -333,6 +355,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
             Snaps::new(&s.containerd.socket(), cx, side.snapshotter())
         });
         let mut alone = Snaps::new(alone_server.socket(), RequestContext::default(), "");
+        let mut with_metrics = Snaps::new(metered_server.socket(), RequestContext::default(), "");
 
         // A committed base each, so that Prepare and View have a parent, as in real use.
         for side in [Side::Builtin, Side::Strata] {
@@ -340,12 +363,15 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
             c.prepare("base-a", "").await?;
             c.commit("base", "base-a").await?;
         }
-        alone.prepare("base-a", "").await?;
-        alone.commit("base", "base-a").await?;
+        for c in [&mut alone, &mut with_metrics] {
+            c.prepare("base-a", "").await?;
+            c.commit("base", "base-a").await?;
+        }
 
         for run in 0..ctx.runs {
             let mut samples: [[Vec<f64>; OPS.len()]; 2] = Default::default();
             let mut alone_samples: [Vec<f64>; OPS.len()] = Default::default();
+            let mut metered_samples: [Vec<f64>; OPS.len()] = Default::default();
             for i in 0..sizes.rounds {
                 for side in Side::order(run + i) {
                     let got = clients[side as usize]
@@ -355,9 +381,15 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
                         s.push(v);
                     }
                 }
-                let got = alone.round(&format!("r{run}-{i}"), "base").await?;
-                for (v, s) in got.into_iter().zip(&mut alone_samples) {
-                    s.push(v);
+                for metrics in Side::order(run + i) {
+                    let (c, samples) = match metrics {
+                        Side::Builtin => (&mut alone, &mut alone_samples),
+                        Side::Strata => (&mut with_metrics, &mut metered_samples),
+                    };
+                    let got = c.round(&format!("r{run}-{i}"), "base").await?;
+                    for (v, s) in got.into_iter().zip(samples) {
+                        s.push(v);
+                    }
                 }
             }
             for side in [Side::Builtin, Side::Strata] {
@@ -365,8 +397,13 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
                     row.push(side, m);
                 }
             }
-            for (r, m) in direct.iter_mut().zip(medians(&alone_samples)) {
+            let off = medians(&alone_samples);
+            for (r, m) in direct.iter_mut().zip(off) {
                 r.samples.push(m);
+            }
+            for ((row, off), on) in metered.iter_mut().zip(off).zip(medians(&metered_samples)) {
+                row.push(Side::Builtin, off);
+                row.push(Side::Strata, on);
             }
         }
 
@@ -427,9 +464,23 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
         Ok::<_, String>(())
     })?;
 
+    // The endpoint served what the calls did, or the "on" column measured nothing.
+    let scrape = Scrape::unix(&metrics_socket);
+    let prepares = scrape.value(
+        "strata_snapshotter_requests_total",
+        &[("method", "Prepare")],
+    );
+    if prepares.unwrap_or(0.0) < 1.0 {
+        return Err(format!(
+            "the metered strata-snapshotter counted no Prepare:\n{}",
+            scrape.text
+        ));
+    }
+
     let mut rows = ops;
     rows.push(list);
     rows.extend(commits);
+    rows.extend(metered);
     Ok(Section {
         title: "Snapshots".into(),
         about: format!(
@@ -440,7 +491,10 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
              median); Commit of a parentless layer of N one-line files written into the \
              snapshot's directory, after a sync and {:.1} s of quiet. Built-in: `overlayfs`. \
              Reference rows: the same rounds on the socket of a strata-snapshotter of its \
-             own, with no containerd in between.",
+             own, with no containerd in between. The metrics rows: those rounds alternated \
+             with the same on a second strata-snapshotter that serves a metrics endpoint \
+             (`--metrics-address`, a unix socket, scraped at the end), to show what metrics \
+             cost per call.",
             sizes.rounds,
             sizes.listed,
             sizes.lists,
