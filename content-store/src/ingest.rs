@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -15,8 +15,8 @@ use sha2::{Digest as _, Sha256};
 use strata_common::{Error, Result};
 use tracing::{info, warn};
 
+use crate::append::Appender;
 use crate::digest::Digest;
-use crate::hash::RunningHash;
 use crate::time::{from_nanos, rfc3339, to_nanos};
 use strata_common::writeback::Writeback;
 
@@ -238,7 +238,7 @@ impl Ingests {
             file,
             persisted_update: status.updated_at,
             status,
-            hash: RunningHash::new(hasher, writeback),
+            appender: Appender::new(hasher, writeback),
             lock: Some(lock),
         })
     }
@@ -371,7 +371,7 @@ pub struct IngestWriter {
     status: IngestStatus,
     /// The `updatedat` file's time.
     persisted_update: SystemTime,
-    hash: RunningHash,
+    appender: Appender,
     /// `None` once handed on.
     lock: Option<RefLock>,
 }
@@ -414,14 +414,14 @@ impl IngestWriter {
         self.status.offset
     }
 
-    /// The digest of what has been written so far (waits for background hashing).
+    /// The digest of what has been written so far (waits for the writing thread).
     pub fn digest(&self) -> Result<Digest> {
-        Ok(Digest::from_sha256(self.hash.snapshot()?))
+        Ok(Digest::from_sha256(self.appender.settle()?))
     }
 
-    /// [`IngestWriter::digest`] if it needs no waiting for a hashing thread.
+    /// [`IngestWriter::digest`] if it needs no waiting for a writing thread.
     pub fn digest_if_ready(&self) -> Option<Digest> {
-        self.hash.snapshot_if_ready().map(Digest::from_sha256)
+        self.appender.hash_if_ready().map(Digest::from_sha256)
     }
 
     /// Appends `data`.
@@ -429,21 +429,19 @@ impl IngestWriter {
         self.write(Bytes::copy_from_slice(data))
     }
 
-    /// Appends `data`: written before this returns (so it survives a crash of this process,
-    /// as with containerd's store), hashed possibly later.
+    /// Appends `data`: small writes before this returns, large ones possibly later (see
+    /// [`Appender`]); every call that needs the bytes in the file waits for them.
     pub fn write(&mut self, data: Bytes) -> Result<()> {
-        let result = self.file.write_all(&data);
-        if let Err(e) = result {
-            // Part of `data` may be on disk now: this writer's offset and hash are no longer
-            // trustworthy; the stream ends and a resume re-reads the file.
-            return Err(Error::io(
-                format!("write ingest ref {:?}", self.status.r#ref),
-                e,
-            ));
-        }
-        strata_common::crashpoint::hit("content.ingest.written");
-        self.status.offset += data.len() as u64;
-        self.hash.update(data)?;
+        let n = data.len() as u64;
+        // On an error part of `data` may be in the file: this writer's offset and hash are no
+        // longer trustworthy; the stream ends and a resume re-reads the file.
+        self.appender
+            .append(&mut self.file, self.status.offset, data)
+            .map_err(|e| {
+                let r#ref = &self.status.r#ref;
+                Error::new(e.kind(), format!("ingest ref {ref:?}: {}", e.message()))
+            })?;
+        self.status.offset += n;
         self.status.updated_at = SystemTime::now();
         Ok(())
     }
@@ -451,11 +449,13 @@ impl IngestWriter {
     /// Starts over from offset 0 (the only truncation containerd's writers support).
     pub fn truncate(&mut self) -> Result<()> {
         let what = || format!("truncate ingest ref {:?}", self.status.r#ref);
+        // Nothing queued may land after the truncation.
+        self.appender.reset(None);
         self.file.set_len(0).map_err(|e| Error::io(what(), e))?;
         self.file
             .seek(SeekFrom::Start(0))
             .map_err(|e| Error::io(what(), e))?;
-        self.hash
+        self.appender
             .reset(writeback_of(&self.file, &self.dir.join(DATA), 0));
         self.status.offset = 0;
         self.status.updated_at = SystemTime::now();
@@ -466,6 +466,8 @@ impl IngestWriter {
     /// containerd's words; FailedPrecondition leaves the ingest as it was.
     pub fn finish(mut self, size: u64, expected: Option<&Digest>) -> Result<FinishedIngest> {
         let r#ref = &self.status.r#ref;
+        // Every accepted byte in the file first.
+        let hash = self.appender.settle()?;
         self.file
             .sync_all()
             .map_err(|e| Error::io(format!("sync ingest ref {ref:?}"), e))?;
@@ -475,7 +477,7 @@ impl IngestWriter {
                 "unexpected commit size {offset}, expected {size}"
             )));
         }
-        let digest = Digest::from_sha256(self.hash.snapshot()?);
+        let digest = Digest::from_sha256(hash);
         if let Some(e) = expected
             && *e != digest
         {

@@ -6,10 +6,10 @@
 //! - [`ingest`]: resumable, per-ref-locked writes; [`metadata`]: labels and times in SQLite;
 //! - [`service::ContentService`]: the gRPC adaptor containerd's proxy plugin talks to.
 
+pub mod append;
 pub mod backend;
 pub mod config;
 pub mod digest;
-pub mod hash;
 pub mod ingest;
 pub mod metadata;
 pub mod metrics;

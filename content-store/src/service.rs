@@ -332,7 +332,7 @@ impl WriteSession {
                 // The digest is optional here too ("if present"), and containerd's content
                 // service asks its writer's Status before every message it handles, which its
                 // proxy writer forwards as a STAT whose offset and times are all it reads:
-                // waiting for the hashing thread would put sha256 back on every round trip.
+                // waiting for the writing thread would put the write and sha256 back on every round trip.
                 if let Some(d) = writer.digest_if_ready() {
                     msg.digest = d.to_string();
                 }
@@ -385,8 +385,8 @@ impl WriteSession {
                     }
                 } else if let Some(d) = writer.digest_if_ready() {
                     // The API makes a WRITE's digest optional ("if present"), and containerd's
-                    // proxy writer skips an empty one; waiting for the hashing thread here
-                    // would put sha256 back on the critical path.
+                    // proxy writer skips an empty one; waiting for the writing thread here
+                    // would put the write and sha256 back on the critical path.
                     msg.digest = d.to_string();
                     self.announced = Some(d);
                 }
