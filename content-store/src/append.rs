@@ -8,11 +8,16 @@
 //! a 1 MiB `write(2)` into the page cache alone took about 3 ms, 3 s of a 1 GiB import. Small
 //! writes (manifests, configs) stay inline.
 //!
-//! Nothing is promised early that containerd's store promises later: a write into the page
-//! cache is not durable either, and the commit (and every call that needs the bytes: a digest,
-//! a truncation, the writer's release) first waits for the thread. A write that fails in the
-//! thread fails the next call on the ingest; the file may then hold part of the data, and a
-//! resumed ingest re-reads it, as after a failed inline write.
+//! What this changes, on purpose: if the server is killed, the last acknowledged bytes of an
+//! open ingest may be missing from its file, at most [`UNWRITTEN_MAX_BYTES`] (the queue, the
+//! message being written, each at most [`BACKGROUND_MAX`]; a larger message is written before
+//! it is answered). Nothing else is promised early: the ingest resumes from the offset Status
+//! reports (containerd's writers seek their source there), so the bytes are sent again, never
+//! lost; a write into the page cache is not durable either; and the commit (and every call
+//! that needs the bytes: a digest, a truncation, the writer's release) first waits for the
+//! thread. A write that fails in the thread fails the next call on the ingest; the file may
+//! then hold part of the data, and a resumed ingest re-reads it, as after a failed inline
+//! write.
 
 use std::fs::File;
 use std::io::Write as _;
@@ -29,8 +34,14 @@ use strata_common::writeback::Writeback;
 
 /// Messages at least this large move writing and hashing off the caller's thread.
 pub const BACKGROUND_MIN: usize = 256 << 10;
+/// Larger messages are still written by the thread, but answered only once written: they
+/// would make the bytes a kill can cost unbounded. containerd's writers send 1 MiB.
+pub const BACKGROUND_MAX: usize = 1 << 20;
 /// Messages queued for the thread before the caller waits: bounds memory per ingest.
 const QUEUE: usize = 4;
+/// The most acknowledged bytes of an open ingest a kill of the server can take back: the
+/// queue and the message the thread is writing.
+pub const UNWRITTEN_MAX_BYTES: u64 = ((QUEUE + 1) * BACKGROUND_MAX) as u64;
 
 enum Msg {
     /// Bytes for the file at this offset.
@@ -185,6 +196,9 @@ impl Appender {
                     .send(Msg::Data(offset, data))
                     .map_err(|_| gone())?;
                 *sent = offset + n;
+                if n > BACKGROUND_MAX as u64 {
+                    self.settle()?;
+                }
                 Ok(())
             }
         }
@@ -327,6 +341,21 @@ mod tests {
         drop(a);
         let len = std::fs::metadata(dir.path().join("data")).unwrap().len();
         assert_eq!(len, (QUEUE as u64 + 3) * piece.len() as u64);
+    }
+
+    #[test]
+    fn a_message_over_the_limit_is_written_before_it_is_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = file_in(&dir);
+        let mut a = Appender::new(Sha256::new(), None);
+        a.append(&mut file, 0, Bytes::from(vec![1u8; BACKGROUND_MIN]))
+            .unwrap();
+        assert!(a.in_background());
+        let big = Bytes::from(vec![2u8; BACKGROUND_MAX + 1]);
+        a.append(&mut file, BACKGROUND_MIN as u64, big).unwrap();
+        let len = std::fs::metadata(dir.path().join("data")).unwrap().len();
+        assert_eq!(len, (BACKGROUND_MIN + BACKGROUND_MAX + 1) as u64);
+        assert!(a.hash_if_ready().is_some(), "nothing left queued");
     }
 
     #[test]
