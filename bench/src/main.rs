@@ -173,6 +173,7 @@ fn run(args: &Args) -> Result<(), String> {
     }
     let finished = now();
     let memory = memory_section(&rss);
+    let stem = stem(args);
     let doc = document(
         args,
         &scratch,
@@ -183,9 +184,13 @@ fn run(args: &Args) -> Result<(), String> {
         &finished,
     );
     drop(hogs);
-    // Only a complete run may replace the figures in docs/ unasked.
+    // Only a complete run may replace the figures in docs/ unasked; under contention the
+    // import alone is complete (its target is what that mode is for), and it has a file of
+    // its own.
+    let all_workloads = args.workloads.is_empty()
+        || (args.contention && args.workloads.iter().all(|w| w == "import"));
     let complete = !args.quick
-        && args.workloads.is_empty()
+        && all_workloads
         && args.fixtures.is_empty()
         && args.runs.is_none_or(|r| r >= 3);
     let out = args
@@ -195,7 +200,7 @@ fn run(args: &Args) -> Result<(), String> {
     let lost = missed_by_version(&results);
     if let Some(dir) = out {
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let md = dir.join("benchmarks.md");
+        let md = dir.join(format!("{stem}.md"));
         std::fs::write(&md, doc).map_err(|e| format!("{}: {e}", md.display()))?;
         let rows: Vec<(String, &Row)> = results
             .iter()
@@ -215,8 +220,8 @@ fn run(args: &Args) -> Result<(), String> {
                 ""
             }
         );
-        plot::ratios(&rows, &title, &dir.join("benchmarks.svg"))?;
-        eprintln!("wrote {} and benchmarks.svg", md.display());
+        plot::ratios(&rows, &title, &dir.join(format!("{stem}.svg")))?;
+        eprintln!("wrote {} and {stem}.svg", md.display());
     } else {
         println!("{}", memory.markdown(2));
     }
@@ -273,6 +278,15 @@ fn now() -> String {
         .unwrap_or_default()
 }
 
+/// The name of the files a run writes: a contended run keeps its own.
+fn stem(args: &Args) -> &'static str {
+    if args.contention {
+        "benchmarks-contended"
+    } else {
+        "benchmarks"
+    }
+}
+
 fn document(
     args: &Args,
     scratch: &Scratch,
@@ -322,7 +336,16 @@ fn document(
         }
         doc.push('\n');
     }
-    doc.push_str("![strata's speed relative to the built-ins](benchmarks.svg)\n\n");
+    doc.push_str(&format!(
+        "![strata's speed relative to the built-ins]({}.svg)\n\n",
+        stem(args)
+    ));
+    if !args.contention {
+        doc.push_str(
+            "The same imports with one CPU-bound process per core competing (`--contention \
+             --workloads import`): [benchmarks-contended.md](benchmarks-contended.md).\n\n",
+        );
+    }
     for (v, release, sections) in results {
         doc.push_str(&format!("## containerd {v} ({release})\n\n"));
         for s in sections {

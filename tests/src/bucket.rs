@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
-use object_store::{ClientOptions, ObjectStore};
+use object_store::{ClientOptions, ObjectStore, WriteMultipart};
 
 use crate::error::{Error, Result};
 use crate::garage::GarageCluster;
@@ -105,6 +105,32 @@ impl Bucket {
             .await
             .map(drop)
             .map_err(|e| Error::new(format!("PUT {key} in {}: {e}", self.describe)))
+    }
+
+    /// Stores `data` as object `key` in a multipart upload of `part` bytes per part, up to
+    /// `concurrency` parts in flight: what strata-content's commit does with a large blob,
+    /// without strata in between.
+    pub async fn put_multipart(
+        &self,
+        key: &str,
+        data: &[u8],
+        part: usize,
+        concurrency: usize,
+    ) -> Result<()> {
+        let err = |e: object_store::Error| {
+            Error::new(format!("multipart PUT {key} in {}: {e}", self.describe))
+        };
+        let upload = self
+            .store
+            .put_multipart(&ObjectPath::from(key))
+            .await
+            .map_err(err)?;
+        let mut w = WriteMultipart::new_with_chunk_size(upload, part);
+        for chunk in data.chunks(part) {
+            w.wait_for_capacity(concurrency).await.map_err(err)?;
+            w.write(chunk);
+        }
+        w.finish().await.map(drop).map_err(err)
     }
 
     /// [`list_keys`](Self::list_keys) from synchronous code (not from inside a tokio runtime).

@@ -14,8 +14,10 @@
 //!    ingests each blob and finds it in the bucket at the commit); and the same archive
 //!    imported again into a new namespace on the local stack and on A (warm).
 //!
-//! Reference rows: Garage's latency for the small requests around every commit, and the peak
-//! RSS of each strata-content over the direct ingest and cold read (issue 11: bounded memory).
+//! Reference rows: Garage's latency for the small requests around every commit, Garage's own
+//! speed for a commit's multipart upload (the ceiling of the s3 ingest and the cold import),
+//! and the peak RSS of each strata-content over the direct ingest and cold read (issue 11:
+//! bounded memory).
 
 use std::ffi::{OsStr, OsString};
 use std::path::Path;
@@ -362,6 +364,31 @@ fn request_latency(ctx: &Ctx, fleet: &Fleet) -> Result<Vec<Reference>> {
     Ok(rows.into())
 }
 
+/// Garage's own speed for the upload a commit makes (strata-content's default parts: 8 MiB,
+/// 4 at once), from this process straight to Garage: the ceiling of the s3 ingest row and of
+/// a cold import on this machine.
+fn garage_upload(ctx: &Ctx, fleet: &Fleet, garage: &[u32], bytes: usize) -> Result<Reference> {
+    let bucket = Bucket::garage(&fleet.cluster, 0).map_err(|e| e.to_string())?;
+    let mut row = Reference::new(
+        format!(
+            "Garage alone: multipart PUT of {} MiB (8 MiB parts, 4 at once)",
+            bytes / MIB
+        ),
+        Unit::MegabytesPerSecond,
+    );
+    for run in 0..ctx.runs {
+        let data = payload(bytes, 1000 + run as u64);
+        let key = format!("{}/blob", unique_name("bench-put"));
+        settle(garage);
+        let t = Instant::now();
+        ctx.rt
+            .block_on(bucket.put_multipart(&key, &data, 8 * MIB, 4))
+            .map_err(|e| e.to_string())?;
+        row.samples.push(mbps(bytes, t.elapsed()));
+    }
+    Ok(row)
+}
+
 pub fn run(ctx: &Ctx) -> Result<Section> {
     // Names scripts/install-deps.sh when Garage is not built: no silent skip.
     strata_tests::garage::garage_binary().map_err(|e| format!("the s3 workload: {e}"))?;
@@ -396,6 +423,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
         ),
     ];
     direct(ctx, &fleet, &garage, mib * MIB, &mut direct_rows, &mut rss)?;
+    references.push(garage_upload(ctx, &fleet, &garage, mib * MIB)?);
     let secs = Unit::Seconds;
     let mut import_rows = [
         Row::new(
