@@ -203,11 +203,28 @@ impl Error {
     }
 }
 
+/// The longest message an answer carries. It travels in the `grpc-message` trailer, and a
+/// message quoting a request's 64 KiB key would overflow the peer's HTTP/2 header list limit
+/// (16 KiB in hyper and tonic), turning the answer into a protocol error that has lost its code.
+pub const MAX_STATUS_MESSAGE: usize = 4096;
+
 impl From<Error> for tonic::Status {
     fn from(err: Error) -> Self {
         // containerd's errgrpc.ToGRPC sends err.Error(); its ToNative strips the class suffix
         // again when rebuilding the errdefs error, so the same shape round-trips.
-        tonic::Status::new(err.kind.code(), err.to_string())
+        let code = err.kind.code();
+        if err.message.len() + err.kind.as_str().len() + 2 <= MAX_STATUS_MESSAGE {
+            return tonic::Status::new(code, err.to_string());
+        }
+        // Cut the message, not the class suffix, on a char boundary.
+        let marker = format!("... ({} bytes cut)", err.message.len());
+        let keep = MAX_STATUS_MESSAGE - err.kind.as_str().len() - 2 - marker.len();
+        let mut end = keep.min(err.message.len());
+        while !err.message.is_char_boundary(end) {
+            end -= 1;
+        }
+        let head = err.message.get(..end).unwrap_or_default();
+        tonic::Status::new(code, format!("{head}{marker}: {}", err.kind))
     }
 }
 
@@ -221,6 +238,26 @@ impl From<tonic::Status> for Error {
 mod tests {
     use super::*;
     use tonic::Code;
+
+    #[test]
+    fn a_long_message_is_cut_to_fit_a_trailer_keeping_its_class() {
+        let key = "é".repeat(40_000);
+        let status = tonic::Status::from(Error::not_found(format!("snapshot {key:?}")));
+        assert_eq!(status.code(), Code::NotFound);
+        assert!(
+            status.message().len() <= MAX_STATUS_MESSAGE,
+            "{}",
+            status.message().len()
+        );
+        assert!(status.message().starts_with("snapshot \"éé"));
+        assert!(
+            status.message().ends_with(" bytes cut): not found"),
+            "{}",
+            status.message()
+        );
+        let short = tonic::Status::from(Error::not_found("snapshot \"x\""));
+        assert_eq!(short.message(), "snapshot \"x\": not found");
+    }
 
     #[test]
     fn every_kind_maps_to_containerds_code() {

@@ -540,8 +540,10 @@ impl Content for ContentService {
         let req = request.into_inner();
         let digest = Digest::parse(&req.digest)?;
         record_digest(&digest);
-        let offset = non_negative("offset", req.offset)?;
-        let size = non_negative("size", req.size)?;
+        // containerd's content service reads a negative offset as 0 and a negative size as
+        // "to the end"; only an offset past the end is refused (OutOfRange).
+        let offset = u64::try_from(req.offset).unwrap_or(0);
+        let size = u64::try_from(req.size).unwrap_or(0);
         // containerd opens a stream per ReadAt (often 32 KiB), so the first message is usually
         // the whole call, and almost always served from the page cache (containerd reads what
         // it just wrote or read): then it is read right here, as a blocking-pool hop or even

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use common::*;
 use strata_proto::content::{
     AbortRequest, DeleteContentRequest, Info, InfoRequest, ListContentRequest, ListStatusesRequest,
-    StatusRequest, UpdateRequest, WriteAction, WriteContentRequest,
+    ReadContentRequest, StatusRequest, UpdateRequest, WriteAction, WriteContentRequest,
 };
 use tonic::Code;
 
@@ -154,8 +154,24 @@ async fn write_commit_info_read(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
-    let e = read(&mut c, &d, -1, 0).await.unwrap_err();
-    assert_eq!(e.code(), Code::InvalidArgument);
+    // A negative offset reads from 0 and a negative size to the end, as containerd's
+    // content service does.
+    assert_eq!(read(&mut c, &d, 0, -1).await.unwrap(), data);
+    let mut s = c
+        .read(ReadContentRequest {
+            digest: d.clone(),
+            offset: -1,
+            size: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut from_zero = Vec::new();
+    while let Some(m) = s.message().await.unwrap() {
+        assert_eq!(m.offset, from_zero.len() as i64);
+        from_zero.extend_from_slice(&m.data);
+    }
+    assert_eq!(from_zero, data);
     let e = read(&mut c, &sha256(b"absent"), 0, 0).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     assert!(e.message().ends_with(": not found"), "{}", e.message());

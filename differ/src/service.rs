@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use strata_common::error::{Error, ErrorKind};
+use strata_common::fieldpath::validate_labels;
 use strata_common::namespace::RequestContext;
 use strata_common::rpc::record_digest;
 use strata_proto::diff::diff_server::{Diff, DiffServer};
@@ -95,6 +96,12 @@ impl Diff for DiffService {
     async fn diff(&self, request: Request<DiffRequest>) -> Result<Response<DiffResponse>, Status> {
         let ctx = RequestContext::from_metadata(request.metadata())?;
         let req = request.into_inner();
+        // containerd's walking differ commits the labels with the blob, where its metadata
+        // store refuses oversized ones: refuse them before any work (and even when the blob
+        // turns out to be there already).
+        let labels: std::collections::BTreeMap<String, String> =
+            req.labels.clone().into_iter().collect();
+        validate_labels(&labels).map_err(|e| Error::invalid_argument(e.to_string()))?;
         let media_type = req.media_type.clone();
         let _turn = self.turn().await?;
         match self.comparer.compare(&ctx, req).await {
