@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -33,9 +34,17 @@ pub struct IngestStatus {
     pub updated_at: SystemTime,
 }
 
-type LockTable = Arc<Mutex<HashMap<String, SystemTime>>>;
+/// A held ref: since when, and the offset its writer has acknowledged, which the file reaches
+/// a moment later when the writing thread has messages queued (`crate::append`).
+#[derive(Clone)]
+struct Held {
+    since: SystemTime,
+    accepted: Arc<AtomicU64>,
+}
 
-fn lock_table(t: &LockTable) -> std::sync::MutexGuard<'_, HashMap<String, SystemTime>> {
+type LockTable = Arc<Mutex<HashMap<String, Held>>>;
+
+fn lock_table(t: &LockTable) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
     // The table holds plain data; a panic elsewhere does not make it inconsistent.
     t.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -44,6 +53,14 @@ fn lock_table(t: &LockTable) -> std::sync::MutexGuard<'_, HashMap<String, System
 pub struct RefLock {
     table: LockTable,
     r#ref: String,
+    accepted: Arc<AtomicU64>,
+}
+
+impl RefLock {
+    /// Records what the writer has acknowledged, for Status while the file catches up.
+    fn accept(&self, offset: u64) {
+        self.accepted.store(offset, Ordering::Release);
+    }
 }
 
 impl Drop for RefLock {
@@ -115,19 +132,38 @@ impl Ingests {
     pub fn try_lock(&self, r#ref: &str) -> Result<RefLock> {
         let mut table = lock_table(&self.locks);
         let now = SystemTime::now();
-        if let Some(since) = table.get(r#ref) {
-            let held = now.duration_since(*since).unwrap_or_default();
+        if let Some(held) = table.get(r#ref) {
+            let since = held.since;
+            let held = now.duration_since(since).unwrap_or_default();
             return Err(Error::unavailable(format!(
                 "ref {ref} locked for {:.3}s (since {})",
                 held.as_secs_f64(),
-                rfc3339(*since)
+                rfc3339(since)
             )));
         }
-        table.insert(r#ref.to_owned(), now);
+        let accepted = Arc::new(AtomicU64::new(0));
+        table.insert(
+            r#ref.to_owned(),
+            Held {
+                since: now,
+                accepted: accepted.clone(),
+            },
+        );
         Ok(RefLock {
             table: self.locks.clone(),
             r#ref: r#ref.to_owned(),
+            accepted,
         })
+    }
+
+    /// `status` as a client sees it: a held ref's writer may have acknowledged bytes its
+    /// writing thread is still putting into the file; those count, as they would had the
+    /// write been inline (and containerd's writers never see the offset go back).
+    fn as_acknowledged(&self, mut status: IngestStatus) -> IngestStatus {
+        if let Some(held) = lock_table(&self.locks).get(&status.r#ref) {
+            status.offset = status.offset.max(held.accepted.load(Ordering::Acquire));
+        }
+        status
     }
 
     /// Reads an ingest directory. Errors when it is incomplete (a crash while it was being
@@ -162,7 +198,7 @@ impl Ingests {
     pub fn status(&self, r#ref: &str) -> Result<IngestStatus> {
         let dir = self.dir(r#ref);
         match Self::read_status(&dir) {
-            Ok(s) if s.r#ref == r#ref => Ok(s),
+            Ok(s) if s.r#ref == r#ref => Ok(self.as_acknowledged(s)),
             Ok(_) => Err(not_found(r#ref)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Err(not_found(r#ref)),
             Err(e) => Err(Error::io(format!("status of ingest ref {ref:?}"), e)),
@@ -175,7 +211,7 @@ impl Ingests {
         for entry in fs::read_dir(&self.root).map_err(io_err("list", &self.root))? {
             let entry = entry.map_err(io_err("list", &self.root))?;
             match Self::read_status(&entry.path()) {
-                Ok(s) => out.push(s),
+                Ok(s) => out.push(self.as_acknowledged(s)),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     // Created or removed under our feet, or left incomplete by a crash.
                 }
@@ -233,6 +269,7 @@ impl Ingests {
         file.seek(SeekFrom::Start(status.offset))
             .map_err(io_err("seek", &path))?;
         let writeback = writeback_of(&file, &path, status.offset);
+        lock.accept(status.offset);
         Ok(IngestWriter {
             dir,
             file,
@@ -443,6 +480,9 @@ impl IngestWriter {
             })?;
         self.status.offset += n;
         self.status.updated_at = SystemTime::now();
+        if let Some(lock) = &self.lock {
+            lock.accept(self.status.offset);
+        }
         Ok(())
     }
 
@@ -459,6 +499,9 @@ impl IngestWriter {
             .reset(writeback_of(&self.file, &self.dir.join(DATA), 0));
         self.status.offset = 0;
         self.status.updated_at = SystemTime::now();
+        if let Some(lock) = &self.lock {
+            lock.accept(0);
+        }
         Ok(())
     }
 
@@ -551,6 +594,28 @@ mod tests {
         let listed = ing.list().unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!((listed[0].r#ref.as_str(), listed[0].offset), ("cut", 5));
+    }
+
+    #[test]
+    fn status_of_a_held_ref_counts_every_acknowledged_byte() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ing = Ingests::open(tmp.path()).unwrap();
+        let mut w = ing.writer("big", 0, None).unwrap();
+        let piece = vec![3u8; crate::append::BACKGROUND_MIN];
+        for _ in 0..6 {
+            w.write(Bytes::from(piece.clone())).unwrap();
+            // Whatever the writing thread has reached, Status and List say what was answered.
+            assert_eq!(ing.status("big").unwrap().offset, w.offset());
+            assert_eq!(ing.list().unwrap()[0].offset, w.offset());
+        }
+        w.truncate().unwrap();
+        assert_eq!(ing.status("big").unwrap().offset, 0);
+        w.write(Bytes::from(piece.clone())).unwrap();
+        drop(w);
+        // Released only once the file holds it all.
+        assert_eq!(ing.status("big").unwrap().offset, piece.len() as u64);
+        let data = fs::metadata(ing.dir("big").join(DATA)).unwrap().len();
+        assert_eq!(data, piece.len() as u64);
     }
 
     #[test]
