@@ -18,6 +18,10 @@ load_rounds=${LOAD_ROUNDS:-20}
 
 step() { printf '\n== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
 
+step "building the servers (the tests start them): debug, and release for the load step"
+cargo build --locked --workspace --bins
+cargo build --locked --release --workspace --bins
+
 step "hostile layers: the differ's own cases and through a real containerd"
 cargo test --locked -p strata-differ hostile -- --nocapture
 cargo test --locked -p strata-tests --test hostile_layers -- --nocapture
