@@ -216,6 +216,15 @@ impl Appender {
         }
     }
 
+    /// The bytes the thread has written into the file, from its start; `None` when inline
+    /// (everything appended is in the file).
+    pub fn written(&self) -> Option<u64> {
+        match &self.state {
+            State::Inline(..) => None,
+            State::Background { latest, .. } => Some(lock(latest).done),
+        }
+    }
+
     /// Waits until everything appended is in the file; the hash of it all.
     pub fn settle(&self) -> Result<Sha256> {
         match &self.state {

@@ -451,6 +451,17 @@ impl IngestWriter {
         self.status.offset
     }
 
+    /// The ingest's data file (what it holds so far: [`IngestWriter::in_file`]).
+    pub fn data_path(&self) -> PathBuf {
+        self.dir.join(DATA)
+    }
+
+    /// How many of the accepted bytes are in the data file now (the rest are queued for the
+    /// writing thread).
+    pub fn in_file(&self) -> u64 {
+        self.appender.written().unwrap_or(self.status.offset)
+    }
+
     /// The digest of what has been written so far (waits for the writing thread).
     pub fn digest(&self) -> Result<Digest> {
         Ok(Digest::from_sha256(self.appender.settle()?))

@@ -12,7 +12,9 @@ use strata_common::filter::{FieldMap, Filter};
 use strata_common::{Error, Result};
 use tracing::{debug, warn};
 
-use crate::backend::{BlobBackend, BlobReader, BlobStat, LocalBackend, blob_not_found};
+use crate::backend::{
+    BlobBackend, BlobReader, BlobStat, LocalBackend, UploadAhead, blob_not_found,
+};
 use crate::digest::Digest;
 use crate::ingest::{IngestStatus, IngestWriter, Ingests};
 use crate::metadata::{BlobMeta, Metadata};
@@ -192,9 +194,21 @@ impl ContentStore {
             .inner
             .ingests
             .writer_locked(lock, r#ref, total, expected)?;
+        let ahead = match expected {
+            Some(e) if total > 0 => self
+                .inner
+                .backend
+                .upload_ahead(e, total, &writer.data_path())
+                .map(|mut a| {
+                    a.available(writer.in_file());
+                    a
+                }),
+            _ => None,
+        };
         Ok(ContentWriter {
             store: self.clone(),
             writer,
+            ahead,
         })
     }
 
@@ -222,6 +236,8 @@ impl ContentStore {
 pub struct ContentWriter {
     store: ContentStore,
     writer: IngestWriter,
+    /// The blob's upload while it is written, when the backend begins one.
+    ahead: Option<Box<dyn UploadAhead>>,
 }
 
 impl ContentWriter {
@@ -244,15 +260,32 @@ impl ContentWriter {
     }
 
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
-        self.writer.write_slice(data)
+        self.writer.write_slice(data)?;
+        self.tell_ahead();
+        Ok(())
     }
 
     /// [`ContentWriter::write`] without a copy.
     pub fn write_bytes(&mut self, data: bytes::Bytes) -> Result<()> {
-        self.writer.write(data)
+        self.writer.write(data)?;
+        self.tell_ahead();
+        Ok(())
+    }
+
+    /// Bytes of this ingest the backend already stored ahead of the commit.
+    pub fn uploaded_ahead(&self) -> u64 {
+        self.ahead.as_ref().map_or(0, |a| a.sent())
+    }
+
+    fn tell_ahead(&mut self) {
+        if let Some(a) = self.ahead.as_mut() {
+            a.available(self.writer.in_file());
+        }
     }
 
     pub fn truncate(&mut self) -> Result<()> {
+        // What was uploaded is no longer the ingest's; the commit uploads the new bytes.
+        self.ahead = None;
         self.writer.truncate()
     }
 
@@ -266,9 +299,15 @@ impl ContentWriter {
         labels: BTreeMap<String, String>,
     ) -> Result<Digest> {
         validate_labels(&labels).map_err(label_error)?;
-        let inner = &self.store.inner;
+        let ContentWriter {
+            store,
+            writer,
+            ahead,
+        } = self;
+        let inner = &store.inner;
         let t = Instant::now();
-        let done = self.writer.finish(size, expected)?;
+        let ahead_sent = ahead.as_ref().map_or(0, |a| a.sent());
+        let done = writer.finish(size, expected)?;
         strata_common::crashpoint::hit("content.commit.synced");
         let finished = t.elapsed();
         let remove_ingest = || {
@@ -276,7 +315,11 @@ impl ContentWriter {
                 warn!(dir = %done.dir.display(), error = %e, "cannot remove committed ingest");
             }
         };
-        match inner.backend.put(&done.digest, &done.data) {
+        let put = match ahead {
+            Some(a) => inner.backend.put_ahead(&done.digest, &done.data, a),
+            None => inner.backend.put(&done.digest, &done.data),
+        };
+        match put {
             Ok(()) => {}
             Err(e) if e.is(strata_common::error::ErrorKind::AlreadyExists) => {
                 remove_ingest();
@@ -312,6 +355,7 @@ impl ContentWriter {
             store_ms = (stored - finished).as_secs_f64() * 1e3,
             remove_ms = (removed - stored).as_secs_f64() * 1e3,
             metadata_ms = (t.elapsed() - removed).as_secs_f64() * 1e3,
+            uploaded_ahead = ahead_sent,
             "committed"
         );
         drop(done.lock);

@@ -39,6 +39,22 @@ pub trait BlobReader: Send + Sync {
     }
 }
 
+/// A blob's upload begun while its ingest is still being written, for a backend whose store
+/// is slower than the ingest (object storage): the commit then waits for the tail, not the
+/// whole blob. Dropping it abandons what was sent; nothing becomes visible before
+/// [`BlobBackend::put_ahead`].
+pub trait UploadAhead: Send {
+    /// The ingest's data file holds its first `bytes` bytes, never rewritten while this lives
+    /// (a truncation drops it first).
+    fn available(&mut self, bytes: u64);
+
+    /// Bytes already sent to the store.
+    fn sent(&self) -> u64;
+
+    /// For the backend that made it, to take back its own type.
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send>;
+}
+
 /// Blob storage. All methods block; callers run them on blocking threads.
 pub trait BlobBackend: Send + Sync + 'static {
     /// The blob's size and store time, or `None` when it is absent.
@@ -59,6 +75,24 @@ pub trait BlobBackend: Send + Sync + 'static {
     /// readers see either no blob or all of it, also after a crash. AlreadyExists (leaving
     /// `data` alone) when the blob is already stored; on success `data` may be consumed.
     fn put(&self, digest: &Digest, data: &Path) -> Result<()>;
+
+    /// Starts storing the ingest whose data file is `data`, expected to be `expected` and
+    /// `total` bytes long, while it is written; `None` where that does not pay (the default).
+    fn upload_ahead(
+        &self,
+        _expected: &Digest,
+        _total: u64,
+        _data: &Path,
+    ) -> Option<Box<dyn UploadAhead>> {
+        None
+    }
+
+    /// [`BlobBackend::put`] for an ingest whose upload `ahead` began (made by this backend's
+    /// [`BlobBackend::upload_ahead`]); the same contract.
+    fn put_ahead(&self, digest: &Digest, data: &Path, ahead: Box<dyn UploadAhead>) -> Result<()> {
+        drop(ahead);
+        self.put(digest, data)
+    }
 
     /// Removes the blob; NotFound when it is absent.
     fn delete(&self, digest: &Digest) -> Result<()>;

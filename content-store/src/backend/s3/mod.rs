@@ -16,9 +16,10 @@ use strata_common::{Error, Result};
 use tracing::{debug, info, warn};
 
 use super::local::FileReader;
-use super::{BlobBackend, BlobReader, BlobStat, blob_not_found};
+use super::{BlobBackend, BlobReader, BlobStat, UploadAhead, blob_not_found};
 use crate::digest::Digest;
 
+pub mod ahead;
 pub mod cache;
 pub mod config;
 pub mod download;
@@ -28,6 +29,7 @@ pub mod remote;
 
 pub use config::S3Config;
 
+use ahead::Ahead;
 use cache::{Cache, Pin};
 use download::{Downloads, Source};
 use fleet::{Flag, Fleet};
@@ -268,18 +270,58 @@ impl S3Backend {
     }
 
     /// Makes `d` (whose bytes are `file`, `size` long, verified) held by this node: marker,
-    /// flag check, and an upload unless the bucket has it already.
-    fn publish(&self, d: &Digest, file: &File, size: u64) -> Result<()> {
+    /// flag check, then the upload: `ahead`'s tail and completion when one began, else the
+    /// whole file, unless a HEAD finds a large blob in the bucket already. A small blob is
+    /// put without asking first: on Garage a HEAD of a missing object (the usual answer, since
+    /// opening the writer found none) takes about as long as the PUT.
+    fn publish(&self, d: &Digest, file: &File, size: u64, ahead: Option<Ahead>) -> Result<()> {
         let s = &*self.inner;
         let key = s.remote.blob_key(d);
         if let Flag::Deleting { stale: false } = s.fleet().add_ref(d)? {
-            // Another node is deleting it right now; once done, the HEAD below tells.
+            // Another node is deleting it right now; the upload below starts after it.
             s.fleet().wait_deleting(d)?;
         }
-        match s.remote.head(&key)? {
-            Some(o) if o.size == size => debug!(digest = %d, "already in the bucket"),
-            _ => s.remote.upload(&key, file, size, s.shape)?,
+        if let Some(a) = ahead {
+            match a.complete(size) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    warn!(digest = %d, error = %e.chain(), "upload begun during the ingest failed; uploading the blob again");
+                }
+            }
+        } else if size >= s.shape.multipart_threshold
+            && let Some(o) = s.remote.head(&key)?
+            && o.size == size
+        {
+            debug!(digest = %d, "already in the bucket");
+            return Ok(());
         }
+        s.remote.upload(&key, file, size, s.shape)
+    }
+
+    /// [`BlobBackend::put`], completing `ahead` when the ingest's upload began early.
+    fn put_with(&self, digest: &Digest, data: &Path, ahead: Option<Ahead>) -> Result<()> {
+        let s = &*self.inner;
+        let busy = s.busy(digest);
+        let _locked = busy.lock.lock().unwrap_or_else(|p| p.into_inner());
+        if s.held.get(digest)?.is_some() {
+            return Err(Error::already_exists(format!("content {digest}")));
+        }
+        let file = File::open(data).map_err(|e| Error::io("open committed ingest", e))?;
+        let size = file
+            .metadata()
+            .map_err(|e| Error::io("stat committed ingest", e))?
+            .len();
+        self.publish(digest, &file, size, ahead)?;
+        s.held.insert(&HeldBlob {
+            digest: digest.clone(),
+            size,
+            stored: SystemTime::now(),
+        })?;
+        // The ingest is fsynced and verified: it becomes the cached copy.
+        if let Err(e) = s.cache.insert(digest, data, size) {
+            warn!(%digest, error = %e.chain(), "committed blob not cached");
+        }
+        s.cache.evict();
         Ok(())
     }
 
@@ -338,7 +380,7 @@ impl S3Backend {
             s.cache.remove(d)?;
             return Ok(None);
         }
-        self.publish(d, &file, size)?;
+        self.publish(d, &file, size, None)?;
         let h = HeldBlob {
             digest: d.clone(),
             size,
@@ -425,29 +467,35 @@ impl BlobBackend for S3Backend {
     }
 
     fn put(&self, digest: &Digest, data: &Path) -> Result<()> {
+        self.put_with(digest, data, None)
+    }
+
+    fn upload_ahead(
+        &self,
+        expected: &Digest,
+        total: u64,
+        data: &Path,
+    ) -> Option<Box<dyn UploadAhead>> {
         let s = &*self.inner;
-        let busy = s.busy(digest);
-        let _locked = busy.lock.lock().unwrap_or_else(|p| p.into_inner());
-        if s.held.get(digest)?.is_some() {
-            return Err(Error::already_exists(format!("content {digest}")));
+        if total < s.shape.multipart_threshold {
+            return None;
         }
-        let file = File::open(data).map_err(|e| Error::io("open committed ingest", e))?;
-        let size = file
-            .metadata()
-            .map_err(|e| Error::io("stat committed ingest", e))?
-            .len();
-        self.publish(digest, &file, size)?;
-        s.held.insert(&HeldBlob {
-            digest: digest.clone(),
-            size,
-            stored: SystemTime::now(),
-        })?;
-        // The ingest is fsynced and verified: it becomes the cached copy.
-        if let Err(e) = s.cache.insert(digest, data, size) {
-            warn!(%digest, error = %e.chain(), "committed blob not cached");
-        }
-        s.cache.evict();
-        Ok(())
+        let file = File::open(data).ok()?;
+        let a = s
+            .remote
+            .upload_ahead(&s.remote.blob_key(expected), file, s.shape)?;
+        Some(Box::new(a))
+    }
+
+    fn put_ahead(&self, digest: &Digest, data: &Path, ahead: Box<dyn UploadAhead>) -> Result<()> {
+        let ahead = ahead
+            .into_any()
+            .downcast::<Ahead>()
+            .ok()
+            .map(|a| *a)
+            // Begun for the digest the writer expected; the data may have turned out another.
+            .filter(|a| a.key() == self.inner.remote.blob_key(digest));
+        self.put_with(digest, data, ahead)
     }
 
     fn delete(&self, digest: &Digest) -> Result<()> {

@@ -95,6 +95,18 @@ impl Remote {
         &self.describe
     }
 
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    pub(super) fn store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
+    pub(super) fn runtime(&self) -> Option<&tokio::runtime::Runtime> {
+        self.rt.as_ref()
+    }
+
     pub fn blob_key(&self, d: &Digest) -> String {
         format!(
             "{}blobs/{}/{}",

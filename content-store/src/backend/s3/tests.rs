@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
 use strata_common::error::ErrorKind;
@@ -309,4 +310,115 @@ fn node_id_is_made_once() {
     let again = S3Backend::with_store(tmp.path(), &c, s).unwrap();
     assert_eq!(again.node_id(), first);
     assert!(!first.is_empty());
+}
+
+/// A content store on node `name`'s backend, with its ingests beside the cache.
+fn content_store(dir: &Path, name: &str, store: &Arc<InMemory>) -> crate::store::ContentStore {
+    let b = node(dir, name, store, 0);
+    crate::store::ContentStore::open(&dir.join(name), Box::new(b)).unwrap()
+}
+
+fn blob_keys(store: &InMemory) -> Vec<String> {
+    keys(store, "fleet/blobs")
+}
+
+#[test]
+fn a_large_ingest_uploads_while_it_is_written_and_appears_at_commit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(InMemory::new());
+    let cs = content_store(tmp.path(), "a", &store);
+    let bytes = data(14 << 20, 9);
+    let d = Digest::sha256_of(&bytes);
+    let mut w = cs.writer("big", bytes.len() as u64, Some(&d)).unwrap();
+    let (head, tail) = bytes.split_at(12 << 20);
+    for chunk in head.chunks(1 << 20) {
+        w.write_bytes(Bytes::copy_from_slice(chunk)).unwrap();
+    }
+    // Two whole 5 MiB parts are in the file (the writing thread may hold back the last
+    // queued megabytes until the next write tells).
+    for _ in 0..500 {
+        if w.uploaded_ahead() >= 5 << 20 {
+            break;
+        }
+        w.write_bytes(Bytes::new()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(w.uploaded_ahead() >= 5 << 20, "{}", w.uploaded_ahead());
+    assert!(
+        blob_keys(&store).is_empty(),
+        "nothing visible before the commit"
+    );
+    w.write_bytes(Bytes::copy_from_slice(tail)).unwrap();
+    assert_eq!(w.commit(0, Some(&d), Default::default()).unwrap(), d);
+    assert_eq!(
+        blob_keys(&store),
+        [format!("fleet/blobs/sha256/{}", d.hex())]
+    );
+    // Read back from the bucket, not the cache: a second node.
+    let b = node(tmp.path(), "b", &store, 0);
+    assert!(read_all(&*b.open(&d).unwrap()) == bytes);
+}
+
+#[test]
+fn an_upload_begun_for_data_that_is_not_committed_never_appears() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(InMemory::new());
+    let cs = content_store(tmp.path(), "a", &store);
+    let bytes = data(12 << 20, 4);
+    let expected = Digest::sha256_of(&data(12 << 20, 5));
+    let actual = Digest::sha256_of(&bytes);
+    let wait_sent = |w: &mut crate::store::ContentWriter| {
+        for _ in 0..500 {
+            if w.uploaded_ahead() >= 10 << 20 {
+                return;
+            }
+            w.write_bytes(Bytes::new()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("uploaded ahead {}", w.uploaded_ahead());
+    };
+
+    // The digest does not match: FailedPrecondition, the upload is dropped with the writer.
+    let mut w = cs
+        .writer("wrong", bytes.len() as u64, Some(&expected))
+        .unwrap();
+    w.write_bytes(Bytes::copy_from_slice(&bytes)).unwrap();
+    wait_sent(&mut w);
+    let err = w
+        .commit(0, Some(&expected), Default::default())
+        .unwrap_err();
+    assert!(err.is(ErrorKind::FailedPrecondition), "{err}");
+
+    // Abandoned half-way, and truncated: nothing either.
+    let mut w = cs
+        .writer("gone", bytes.len() as u64, Some(&actual))
+        .unwrap();
+    w.write_bytes(Bytes::copy_from_slice(&bytes)).unwrap();
+    wait_sent(&mut w);
+    drop(w);
+    let mut w = cs
+        .writer("gone", bytes.len() as u64, Some(&actual))
+        .unwrap();
+    wait_sent(&mut w);
+    w.truncate().unwrap();
+    assert_eq!(w.uploaded_ahead(), 0);
+    drop(w);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(blob_keys(&store).is_empty(), "{:?}", blob_keys(&store));
+
+    // Opened expecting one digest, committed as what the data is: stored under the latter
+    // only (the upload begun for the former is dropped).
+    let mut w = cs
+        .writer("other", bytes.len() as u64, Some(&expected))
+        .unwrap();
+    w.write_bytes(Bytes::copy_from_slice(&bytes)).unwrap();
+    wait_sent(&mut w);
+    assert_eq!(w.commit(0, None, Default::default()).unwrap(), actual);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(
+        blob_keys(&store),
+        [format!("fleet/blobs/sha256/{}", actual.hex())]
+    );
+    let b = node(tmp.path(), "b", &store, 0);
+    assert!(read_all(&*b.open(&actual).unwrap()) == bytes);
 }
