@@ -137,6 +137,9 @@ async fn one_garage_node_down_during_writes_and_reads() {
     tokio::task::block_in_place(|| cluster.kill(2)).unwrap();
     assert_eq!(writing.await.unwrap().unwrap(), digest, "{}", a.log());
     assert!(!cluster.is_running(2));
+    // Its parts went up while it was written, not all at the commit.
+    let ahead = uploaded_ahead(&a.log(), &digest);
+    assert!(ahead >= cfg.part_bytes, "uploaded ahead: {ahead}");
     // Node b never saw it: Info and the whole read come from the bucket, one node short.
     assert_eq!(read(&mut cb, &digest, 0, 0).await.unwrap(), data);
 
@@ -225,6 +228,18 @@ async fn all_garage_nodes_down_then_back() {
             .any(|k| k.ends_with(d.trim_start_matches("sha256:")))
     );
     drop(cluster);
+}
+
+/// What strata-content's debug log says the commit of `digest` found uploaded before it.
+fn uploaded_ahead(log: &str, digest: &str) -> u64 {
+    let line = log
+        .lines()
+        .find(|l| l.contains("committed") && l.contains(digest))
+        .unwrap_or_else(|| panic!("no commit of {digest} in the log:\n{log}"));
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("uploaded_ahead="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no uploaded_ahead in {line}"))
 }
 
 /// Retries `f` until it succeeds (Garage takes a moment to elect after a full restart).
