@@ -2,7 +2,8 @@
 //! loopback Garage cluster the bucket takes a 1 GiB upload at about 94 MB/s where the ingest
 //! runs at 300 MB/s and more, so a commit that uploaded everything after the last byte spent
 //! most of a cold import waiting. Here each whole part goes up as soon as the ingest's file
-//! holds it, and the commit sends the tail and completes the upload.
+//! holds it, and the commit sends the tail and completes the upload. A commit-time upload
+//! ([`Remote::upload`]) is the same task told to complete at once.
 //!
 //! Nothing is visible early: an object of S3 exists only once its multipart upload is
 //! completed, and only the commit completes it, after the data was verified and this node's

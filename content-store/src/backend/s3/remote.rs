@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures::StreamExt;
 use object_store::path::Path as Key;
-use object_store::{ObjectStore, PutPayload, WriteMultipart};
+use object_store::{ObjectStore, PutPayload};
 use strata_common::error::ErrorKind;
 use strata_common::{Error, Result};
 
@@ -323,81 +323,12 @@ impl Remote {
                 .map_err(|e| Error::io(format!("read blob for {key}"), e))?;
             return self.put_small(key, Bytes::from(data));
         }
-        let store = self.store.clone();
-        let k = Self::key(key);
         let file = file
             .try_clone()
             .map_err(|e| Error::io(format!("read blob for {key}"), e))?;
-        let part = usize::try_from(shape.part_bytes).unwrap_or(8 << 20);
-        // The whole upload may take longer than one call's deadline: bound each part instead.
-        let parts = size.div_ceil(shape.part_bytes).max(1);
-        let deadline = self.deadline * u32::try_from(parts.min(10_000)).unwrap_or(1);
-        let Some(rt) = self.rt.as_ref() else {
-            return Err(self.fail("upload", key, "shut down"));
-        };
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        OBJECT_STORE.request("PUT_MULTIPART");
-        rt.spawn(async move {
-            let r = tokio::time::timeout(deadline, async move {
-                let upload = store.put_multipart(&k).await?;
-                let mut w = WriteMultipart::new_with_chunk_size(upload, part);
-                let mut offset = 0u64;
-                while offset < size {
-                    if let Err(e) = w.wait_for_capacity(shape.concurrency).await {
-                        let _ = w.abort().await;
-                        return Err(e);
-                    }
-                    let n = (size - offset).min(shape.part_bytes) as usize;
-                    let mut buf = vec![0u8; n];
-                    let at = offset;
-                    let f = file.try_clone().map_err(|e| object_store::Error::Generic {
-                        store: "local",
-                        source: Box::new(e),
-                    });
-                    let read = match f {
-                        Ok(f) => tokio::task::spawn_blocking(move || {
-                            f.read_exact_at(&mut buf, at).map(|()| buf)
-                        })
-                        .await
-                        .map_err(std::io::Error::other)
-                        .and_then(|r| r),
-                        Err(e) => {
-                            let _ = w.abort().await;
-                            return Err(e);
-                        }
-                    };
-                    match read {
-                        Ok(buf) => w.put(Bytes::from(buf)),
-                        Err(e) => {
-                            let _ = w.abort().await;
-                            return Err(object_store::Error::Generic {
-                                store: "local",
-                                source: Box::new(e),
-                            });
-                        }
-                    }
-                    offset += n as u64;
-                }
-                w.finish().await.map(|_| ())
-            })
-            .await;
-            let _ = tx.send(r);
-        });
-        let r = match rx.recv() {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(e))) => Err(self.fail("multipart upload", key, e)),
-            Ok(Err(_)) => Err(self.fail(
-                "multipart upload",
-                key,
-                format!("not done within {}s", deadline.as_secs()),
-            )),
-            Err(_) => Err(self.fail("multipart upload", key, "upload task ended")),
-        };
-        match &r {
-            Ok(()) => OBJECT_STORE.uploaded(size),
-            Err(_) => OBJECT_STORE.error("PUT_MULTIPART"),
-        }
-        r
+        self.upload_ahead(key, file, shape)
+            .ok_or_else(|| self.fail("multipart upload", key, "shut down"))?
+            .complete(size)
     }
 }
 
