@@ -107,6 +107,17 @@ impl Drop for Busy<'_> {
     }
 }
 
+/// A name for a staged upload, unique on this node: the time and a counter.
+fn staging_name() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let t = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("{t}-{n}")
+}
+
 /// This node's id: the configured one, else one made up once and kept under `root`.
 fn node_id(root: &Path, configured: &str) -> Result<String> {
     if !configured.is_empty() {
@@ -240,7 +251,10 @@ impl S3Backend {
     pub fn sweep(&self) -> Result<fleet::Sweep> {
         let s = &*self.inner;
         let held = |d: &Digest| s.is_busy(d) || matches!(s.held.get(d), Ok(Some(_)));
-        s.fleet().sweep(s.grace, &held)
+        // A staged upload lives from its completion to the commit's copy and delete, a
+        // few calls; one older than this and the grace period is a crash's.
+        let staging_age = s.grace.max(s.stale_after);
+        s.fleet().sweep(s.grace, staging_age, &held)
     }
 
     /// Sweeps every `interval` on a thread of its own, for the life of the process.
@@ -252,8 +266,9 @@ impl S3Backend {
                 loop {
                     std::thread::sleep(interval);
                     match me.sweep() {
-                        Ok(r) if r.ghost_refs + r.flagged + r.deleted.len() > 0 => {
+                        Ok(r) if r.staging + r.ghost_refs + r.flagged + r.deleted.len() > 0 => {
                             info!(
+                                staging = r.staging,
                                 ghost_refs = r.ghost_refs,
                                 flagged = r.flagged,
                                 deleted = r.deleted.len(),
@@ -274,21 +289,43 @@ impl S3Backend {
     /// whole file, unless a HEAD finds a large blob in the bucket already. A small blob is
     /// put without asking first: on Garage a HEAD of a missing object (the usual answer, since
     /// opening the writer found none) takes about as long as the PUT.
-    fn publish(&self, d: &Digest, file: &File, size: u64, ahead: Option<Ahead>) -> Result<()> {
+    fn publish(&self, d: &Digest, file: &File, size: u64, early: Option<Early>) -> Result<()> {
         let s = &*self.inner;
         let key = s.remote.blob_key(d);
         if let Flag::Deleting { stale: false } = s.fleet().add_ref(d)? {
             // Another node is deleting it right now; the upload below starts after it.
             s.fleet().wait_deleting(d)?;
         }
-        if let Some(a) = ahead {
-            match a.complete(size) {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    warn!(digest = %d, error = %e.chain(), "upload begun during the ingest failed; uploading the blob again");
+        let began = early.is_some();
+        let done = match early {
+            Some(Early::Named(a)) => a.complete(size),
+            Some(Early::Staged(a)) => {
+                if let Some(o) = s.remote.head(&key)?
+                    && o.size == size
+                {
+                    debug!(digest = %d, "already in the bucket; staged upload dropped");
+                    return Ok(());
                 }
+                let staging = a.key().to_string();
+                let r = a
+                    .complete(size)
+                    .and_then(|()| s.remote.copy(&staging, &key));
+                if let Err(e) = s.remote.delete(&staging) {
+                    debug!(key = %staging, error = %e.chain(), "staged upload stays until the next sweep");
+                }
+                r
             }
-        } else if size >= s.shape.multipart_threshold
+            None => Ok(()),
+        };
+        match done {
+            Ok(()) if began => return Ok(()),
+            Ok(()) => {}
+            Err(e) => {
+                warn!(digest = %d, error = %e.chain(), "upload begun during the ingest failed; uploading the blob again");
+            }
+        }
+        if !began
+            && size >= s.shape.multipart_threshold
             && let Some(o) = s.remote.head(&key)?
             && o.size == size
         {
@@ -299,7 +336,7 @@ impl S3Backend {
     }
 
     /// [`BlobBackend::put`], completing `ahead` when the ingest's upload began early.
-    fn put_with(&self, digest: &Digest, data: &Path, ahead: Option<Ahead>) -> Result<()> {
+    fn put_with(&self, digest: &Digest, data: &Path, early: Option<Early>) -> Result<()> {
         let s = &*self.inner;
         let busy = s.busy(digest);
         let _locked = busy.lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -311,7 +348,7 @@ impl S3Backend {
             .metadata()
             .map_err(|e| Error::io("stat committed ingest", e))?
             .len();
-        self.publish(digest, &file, size, ahead)?;
+        self.publish(digest, &file, size, early)?;
         s.held.insert(&HeldBlob {
             digest: digest.clone(),
             size,
@@ -394,6 +431,38 @@ impl S3Backend {
     }
 }
 
+/// An upload begun while the ingest was written: to the blob's key when the writer named its
+/// digest, else to a staging key, copied to the blob's key at the commit (containerd's image
+/// importer names only the size).
+enum Early {
+    Named(Ahead),
+    Staged(Ahead),
+}
+
+impl Early {
+    fn ahead(&self) -> &Ahead {
+        match self {
+            Early::Named(a) | Early::Staged(a) => a,
+        }
+    }
+}
+
+impl UploadAhead for Early {
+    fn available(&mut self, bytes: u64) {
+        match self {
+            Early::Named(a) | Early::Staged(a) => a.available(bytes),
+        }
+    }
+
+    fn sent(&self) -> u64 {
+        self.ahead().sent()
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
+        self
+    }
+}
+
 fn stat_of(h: HeldBlob) -> BlobStat {
     BlobStat {
         digest: h.digest,
@@ -472,7 +541,7 @@ impl BlobBackend for S3Backend {
 
     fn upload_ahead(
         &self,
-        expected: &Digest,
+        expected: Option<&Digest>,
         total: u64,
         data: &Path,
     ) -> Option<Box<dyn UploadAhead>> {
@@ -481,21 +550,26 @@ impl BlobBackend for S3Backend {
             return None;
         }
         let file = File::open(data).ok()?;
-        let a = s
-            .remote
-            .upload_ahead(&s.remote.blob_key(expected), file, s.shape)?;
-        Some(Box::new(a))
+        Some(Box::new(match expected {
+            Some(d) => Early::Named(
+                s.remote
+                    .upload_ahead(&s.remote.blob_key(d), file, s.shape)?,
+            ),
+            None => {
+                let key = s.remote.staging_key(&s.node, &staging_name());
+                Early::Staged(s.remote.upload_ahead(&key, file, s.shape)?)
+            }
+        }))
     }
 
     fn put_ahead(&self, digest: &Digest, data: &Path, ahead: Box<dyn UploadAhead>) -> Result<()> {
-        let ahead = ahead
-            .into_any()
-            .downcast::<Ahead>()
-            .ok()
-            .map(|a| *a)
+        let early = match ahead.into_any().downcast::<Early>().map(|e| *e) {
             // Begun for the digest the writer expected; the data may have turned out another.
-            .filter(|a| a.key() == self.inner.remote.blob_key(digest));
-        self.put_with(digest, data, ahead)
+            Ok(Early::Named(a)) if a.key() != self.inner.remote.blob_key(digest) => None,
+            Ok(e) => Some(e),
+            Err(_) => None,
+        };
+        self.put_with(digest, data, early)
     }
 
     fn delete(&self, digest: &Digest) -> Result<()> {
