@@ -522,6 +522,11 @@ impl IngestWriter {
         let r#ref = &self.status.r#ref;
         // Every accepted byte in the file first.
         let hash = self.appender.settle()?;
+        // The commit time, as containerd's local store stamps its blobs: a blob without a
+        // metadata row reports it as its creation time.
+        if let Err(e) = self.file.set_modified(SystemTime::now()) {
+            tracing::debug!(r#ref, error = %e, "cannot stamp the ingest with the commit time");
+        }
         self.file
             .sync_all()
             .map_err(|e| Error::io(format!("sync ingest ref {ref:?}"), e))?;

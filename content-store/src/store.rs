@@ -335,16 +335,23 @@ impl ContentWriter {
         let now = SystemTime::now();
         let mut labels = labels;
         labels.retain(|_, v| !v.is_empty());
+        // containerd's commits carry no labels (its metadata store keeps them in its own
+        // database): the blob's store time (the file's mtime, set when the ingest was
+        // finished) then stands for both times, and no row is written, which saves a commit
+        // its SQLite fsync. A row left by an earlier blob of this digest is replaced.
+        let needs_row = !labels.is_empty() || !matches!(inner.meta.get(&done.digest), Ok(None));
         // The blob is committed; like containerd, a metadata failure is logged, not returned,
         // because the commit cannot be rolled back.
-        if let Err(e) = inner.meta.put(
-            &done.digest,
-            &BlobMeta {
-                created_at: now,
-                updated_at: now,
-                labels,
-            },
-        ) {
+        if needs_row
+            && let Err(e) = inner.meta.put(
+                &done.digest,
+                &BlobMeta {
+                    created_at: now,
+                    updated_at: now,
+                    labels,
+                },
+            )
+        {
             warn!(digest = %done.digest, error = %e.chain(), "cannot record committed blob");
         }
         // The commit's syncs are most of a large ingest's last answer; where they went.
@@ -437,6 +444,47 @@ mod tests {
         let e = s.writer("c", 0, Some(&d)).err().unwrap();
         assert!(e.is(ErrorKind::AlreadyExists), "{e}");
         assert!(s.list_statuses(&Filter::default()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_commit_without_labels_writes_no_row_and_reports_its_commit_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = ContentStore::open_local(tmp.path()).unwrap();
+        let mut w = s.writer("plain", 0, None).unwrap();
+        w.write(b"abc").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let before = SystemTime::now();
+        let d = w.commit(0, None, BTreeMap::new()).unwrap();
+        let after = SystemTime::now();
+        assert!(s.inner.meta.get(&d).unwrap().is_none());
+        let info = s.info(&d).unwrap();
+        assert!(
+            info.created_at >= before && info.created_at <= after,
+            "{:?} not in {before:?}..{after:?}",
+            info.created_at
+        );
+        assert_eq!(info.updated_at, info.created_at);
+        assert!(info.labels.is_empty());
+
+        // A row an earlier blob of the digest left (a crash inside Delete) is replaced.
+        let d2 = Digest::sha256_of(b"again");
+        s.inner
+            .meta
+            .put(
+                &d2,
+                &BlobMeta {
+                    created_at: SystemTime::UNIX_EPOCH,
+                    updated_at: SystemTime::UNIX_EPOCH,
+                    labels: labels(&[("stale", "x")]),
+                },
+            )
+            .unwrap();
+        let mut w = s.writer("again", 0, None).unwrap();
+        w.write(b"again").unwrap();
+        w.commit(0, Some(&d2), BTreeMap::new()).unwrap();
+        let info = s.info(&d2).unwrap();
+        assert!(info.labels.is_empty());
+        assert!(info.created_at >= before);
     }
 
     #[test]
