@@ -285,10 +285,10 @@ impl S3Backend {
     }
 
     /// Makes `d` (whose bytes are `file`, `size` long, verified) held by this node: marker,
-    /// flag check, then the upload: `ahead`'s tail and completion when one began, else the
-    /// whole file, unless a HEAD finds a large blob in the bucket already. A small blob is
-    /// put without asking first: on Garage a HEAD of a missing object (the usual answer, since
-    /// opening the writer found none) takes about as long as the PUT.
+    /// flag check, then the upload: the early upload's tail and completion when one began
+    /// (a staged one only if a HEAD does not find the blob in the bucket), else the whole
+    /// file unless a HEAD finds the blob there: a node importing what another uploaded
+    /// leaves the object as it was.
     fn publish(&self, d: &Digest, file: &File, size: u64, early: Option<Early>) -> Result<()> {
         let s = &*self.inner;
         let key = s.remote.blob_key(d);
@@ -325,7 +325,6 @@ impl S3Backend {
             }
         }
         if !began
-            && size >= s.shape.multipart_threshold
             && let Some(o) = s.remote.head(&key)?
             && o.size == size
         {

@@ -463,6 +463,20 @@ fn an_ingest_without_a_digest_is_staged_then_copied_to_its_key() {
     assert_eq!(head_of(&store, &key), before);
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert!(keys(&store, "fleet/staging").is_empty());
+
+    // So does a small blob, committed by a plain upload.
+    let small = data(1000, 7);
+    let ds = cs.writer("small", 0, None).and_then(|mut w| {
+        w.write(&small)?;
+        w.commit(0, None, Default::default())
+    });
+    let ds = ds.unwrap();
+    let small_key = format!("fleet/blobs/sha256/{}", ds.hex());
+    let before = head_of(&store, &small_key);
+    let mut w = cs_c.writer("small", 0, None).unwrap();
+    w.write(&small).unwrap();
+    w.commit(0, None, Default::default()).unwrap();
+    assert_eq!(head_of(&store, &small_key), before);
 }
 
 fn head_of(store: &InMemory, key: &str) -> (Option<String>, std::time::SystemTime) {
