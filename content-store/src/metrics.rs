@@ -9,7 +9,7 @@
 //!   `strata_content_cache_bytes` (the local cache);
 //! - with the S3 backend, its requests to the object store:
 //!   `strata_content_object_store_requests_total{op}` and `..._errors_total{op}` (`op`: HEAD,
-//!   GET, PUT, PUT_MULTIPART, COPY, DELETE, LIST; an absent object is an answer, not an error), and
+//!   GET, PUT, PUT_MULTIPART, DELETE, LIST; an absent object is an answer, not an error), and
 //!   `strata_content_object_store_downloaded_bytes_total` / `..._uploaded_bytes_total`.
 
 use std::fmt;
@@ -53,7 +53,7 @@ pub struct ObjectStoreMetrics {
 pub static OBJECT_STORE: LazyLock<ObjectStoreMetrics> = LazyLock::new(ObjectStoreMetrics::default);
 
 impl ObjectStoreMetrics {
-    /// One request `op` (HEAD, GET, PUT, PUT_MULTIPART, COPY, DELETE, LIST) was made.
+    /// One request `op` (HEAD, GET, PUT, PUT_MULTIPART, DELETE, LIST) was made.
     pub fn request(&self, op: &'static str) {
         self.requests.get_or_create(&OpLabels { op }).inc();
     }

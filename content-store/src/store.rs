@@ -194,16 +194,16 @@ impl ContentStore {
             .inner
             .ingests
             .writer_locked(lock, r#ref, total, expected)?;
-        let ahead = if total > 0 {
-            self.inner
+        let ahead = match expected {
+            Some(e) if total > 0 => self
+                .inner
                 .backend
-                .upload_ahead(expected, total, &writer.data_path())
+                .upload_ahead(e, total, &writer.data_path())
                 .map(|mut a| {
                     a.available(writer.in_file());
                     a
-                })
-        } else {
-            None
+                }),
+            _ => None,
         };
         Ok(ContentWriter {
             store: self.clone(),

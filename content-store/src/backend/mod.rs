@@ -76,12 +76,11 @@ pub trait BlobBackend: Send + Sync + 'static {
     /// `data` alone) when the blob is already stored; on success `data` may be consumed.
     fn put(&self, digest: &Digest, data: &Path) -> Result<()>;
 
-    /// Starts storing the ingest whose data file is `data`, `total` bytes long and expected
-    /// to be `expected` when the writer named it, while it is written; `None` where that does
-    /// not pay (the default).
+    /// Starts storing the ingest whose data file is `data`, expected to be `expected` and
+    /// `total` bytes long, while it is written; `None` where that does not pay (the default).
     fn upload_ahead(
         &self,
-        _expected: Option<&Digest>,
+        _expected: &Digest,
         _total: u64,
         _data: &Path,
     ) -> Option<Box<dyn UploadAhead>> {

@@ -116,22 +116,10 @@ impl Fleet<'_> {
     }
 
     /// One pass over the bucket: this node's markers without a held blob go, unreferenced
-    /// blobs are flagged, flagged blobs past `grace` are deleted, and staged uploads older
-    /// than `staging_age` (left by a crash between a commit's copy and its delete) go.
-    pub fn sweep(
-        &self,
-        grace: Duration,
-        staging_age: Duration,
-        held: &dyn Fn(&Digest) -> bool,
-    ) -> Result<Sweep> {
+    /// blobs are flagged, and flagged blobs past `grace` are deleted.
+    pub fn sweep(&self, grace: Duration, held: &dyn Fn(&Digest) -> bool) -> Result<Sweep> {
         let r = self.remote;
         let mut report = Sweep::default();
-        for o in r.list(&r.area("staging"))? {
-            if age(o.modified) > staging_age {
-                r.delete(&o.key)?;
-                report.staging += 1;
-            }
-        }
         let blobs: HashSet<Digest> = r
             .list(&r.area("blobs"))?
             .iter()
@@ -207,8 +195,6 @@ impl Fleet<'_> {
 /// What one sweep did.
 #[derive(Debug, Default)]
 pub struct Sweep {
-    /// Staged uploads a crash left.
-    pub staging: usize,
     pub ghost_refs: usize,
     pub flagged: usize,
     pub deleted: Vec<Digest>,

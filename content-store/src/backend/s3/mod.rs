@@ -107,17 +107,6 @@ impl Drop for Busy<'_> {
     }
 }
 
-/// A name for a staged upload, unique on this node: the time and a counter.
-fn staging_name() -> String {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let t = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    format!("{t}-{n}")
-}
-
 /// This node's id: the configured one, else one made up once and kept under `root`.
 fn node_id(root: &Path, configured: &str) -> Result<String> {
     if !configured.is_empty() {
@@ -251,10 +240,7 @@ impl S3Backend {
     pub fn sweep(&self) -> Result<fleet::Sweep> {
         let s = &*self.inner;
         let held = |d: &Digest| s.is_busy(d) || matches!(s.held.get(d), Ok(Some(_)));
-        // A staged upload lives from its completion to the commit's copy and delete, a
-        // few calls; one older than this and the grace period is a crash's.
-        let staging_age = s.grace.max(s.stale_after);
-        s.fleet().sweep(s.grace, staging_age, &held)
+        s.fleet().sweep(s.grace, &held)
     }
 
     /// Sweeps every `interval` on a thread of its own, for the life of the process.
@@ -266,9 +252,8 @@ impl S3Backend {
                 loop {
                     std::thread::sleep(interval);
                     match me.sweep() {
-                        Ok(r) if r.staging + r.ghost_refs + r.flagged + r.deleted.len() > 0 => {
+                        Ok(r) if r.ghost_refs + r.flagged + r.deleted.len() > 0 => {
                             info!(
-                                staging = r.staging,
                                 ghost_refs = r.ghost_refs,
                                 flagged = r.flagged,
                                 deleted = r.deleted.len(),
@@ -285,47 +270,24 @@ impl S3Backend {
     }
 
     /// Makes `d` (whose bytes are `file`, `size` long, verified) held by this node: marker,
-    /// flag check, then the upload: the early upload's tail and completion when one began
-    /// (a staged one only if a HEAD does not find the blob in the bucket), else the whole
-    /// file unless a HEAD finds the blob there: a node importing what another uploaded
-    /// leaves the object as it was.
-    fn publish(&self, d: &Digest, file: &File, size: u64, early: Option<Early>) -> Result<()> {
+    /// flag check, then the upload: the early upload's tail and completion when one began,
+    /// else the whole file unless a HEAD finds the blob there: a node importing what another
+    /// uploaded leaves the object as it was.
+    fn publish(&self, d: &Digest, file: &File, size: u64, ahead: Option<Ahead>) -> Result<()> {
         let s = &*self.inner;
         let key = s.remote.blob_key(d);
         if let Flag::Deleting { stale: false } = s.fleet().add_ref(d)? {
             // Another node is deleting it right now; the upload below starts after it.
             s.fleet().wait_deleting(d)?;
         }
-        let began = early.is_some();
-        let done = match early {
-            Some(Early::Named(a)) => a.complete(size),
-            Some(Early::Staged(a)) => {
-                if let Some(o) = s.remote.head(&key)?
-                    && o.size == size
-                {
-                    debug!(digest = %d, "already in the bucket; staged upload dropped");
-                    return Ok(());
+        if let Some(a) = ahead {
+            match a.complete(size) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    warn!(digest = %d, error = %e.chain(), "upload begun during the ingest failed; uploading the blob again");
                 }
-                let staging = a.key().to_string();
-                let r = a
-                    .complete(size)
-                    .and_then(|()| s.remote.copy(&staging, &key));
-                if let Err(e) = s.remote.delete(&staging) {
-                    debug!(key = %staging, error = %e.chain(), "staged upload stays until the next sweep");
-                }
-                r
             }
-            None => Ok(()),
-        };
-        match done {
-            Ok(()) if began => return Ok(()),
-            Ok(()) => {}
-            Err(e) => {
-                warn!(digest = %d, error = %e.chain(), "upload begun during the ingest failed; uploading the blob again");
-            }
-        }
-        if !began
-            && let Some(o) = s.remote.head(&key)?
+        } else if let Some(o) = s.remote.head(&key)?
             && o.size == size
         {
             debug!(digest = %d, "already in the bucket");
@@ -335,7 +297,7 @@ impl S3Backend {
     }
 
     /// [`BlobBackend::put`], completing `ahead` when the ingest's upload began early.
-    fn put_with(&self, digest: &Digest, data: &Path, early: Option<Early>) -> Result<()> {
+    fn put_with(&self, digest: &Digest, data: &Path, ahead: Option<Ahead>) -> Result<()> {
         let s = &*self.inner;
         let busy = s.busy(digest);
         let _locked = busy.lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -347,7 +309,7 @@ impl S3Backend {
             .metadata()
             .map_err(|e| Error::io("stat committed ingest", e))?
             .len();
-        self.publish(digest, &file, size, early)?;
+        self.publish(digest, &file, size, ahead)?;
         s.held.insert(&HeldBlob {
             digest: digest.clone(),
             size,
@@ -430,38 +392,6 @@ impl S3Backend {
     }
 }
 
-/// An upload begun while the ingest was written: to the blob's key when the writer named its
-/// digest, else to a staging key, copied to the blob's key at the commit (containerd's image
-/// importer names only the size).
-enum Early {
-    Named(Ahead),
-    Staged(Ahead),
-}
-
-impl Early {
-    fn ahead(&self) -> &Ahead {
-        match self {
-            Early::Named(a) | Early::Staged(a) => a,
-        }
-    }
-}
-
-impl UploadAhead for Early {
-    fn available(&mut self, bytes: u64) {
-        match self {
-            Early::Named(a) | Early::Staged(a) => a.available(bytes),
-        }
-    }
-
-    fn sent(&self) -> u64 {
-        self.ahead().sent()
-    }
-
-    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
-        self
-    }
-}
-
 fn stat_of(h: HeldBlob) -> BlobStat {
     BlobStat {
         digest: h.digest,
@@ -540,7 +470,7 @@ impl BlobBackend for S3Backend {
 
     fn upload_ahead(
         &self,
-        expected: Option<&Digest>,
+        expected: &Digest,
         total: u64,
         data: &Path,
     ) -> Option<Box<dyn UploadAhead>> {
@@ -549,26 +479,21 @@ impl BlobBackend for S3Backend {
             return None;
         }
         let file = File::open(data).ok()?;
-        Some(Box::new(match expected {
-            Some(d) => Early::Named(
-                s.remote
-                    .upload_ahead(&s.remote.blob_key(d), file, s.shape)?,
-            ),
-            None => {
-                let key = s.remote.staging_key(&s.node, &staging_name());
-                Early::Staged(s.remote.upload_ahead(&key, file, s.shape)?)
-            }
-        }))
+        let a = s
+            .remote
+            .upload_ahead(&s.remote.blob_key(expected), file, s.shape)?;
+        Some(Box::new(a))
     }
 
     fn put_ahead(&self, digest: &Digest, data: &Path, ahead: Box<dyn UploadAhead>) -> Result<()> {
-        let early = match ahead.into_any().downcast::<Early>().map(|e| *e) {
+        let ahead = ahead
+            .into_any()
+            .downcast::<Ahead>()
+            .ok()
+            .map(|a| *a)
             // Begun for the digest the writer expected; the data may have turned out another.
-            Ok(Early::Named(a)) if a.key() != self.inner.remote.blob_key(digest) => None,
-            Ok(e) => Some(e),
-            Err(_) => None,
-        };
-        self.put_with(digest, data, early)
+            .filter(|a| a.key() == self.inner.remote.blob_key(digest));
+        self.put_with(digest, data, ahead)
     }
 
     fn delete(&self, digest: &Digest) -> Result<()> {

@@ -5,9 +5,7 @@
 //! Keys under the configured prefix:
 //! - `blobs/<alg>/<hex>`: the blob, written only whole (single PUT or completed multipart);
 //! - `refs/<alg>/<hex>/<node>`: an empty marker per node holding the blob;
-//! - `gc/<alg>/<hex>`: `candidate` once no node holds it, `deleting` while one deletes it;
-//! - `staging/<node>/<name>`: an ingest uploaded before its digest was known, copied to its
-//!   `blobs/` key by the commit and then deleted.
+//! - `gc/<alg>/<hex>`: `candidate` once no node holds it, `deleting` while one deletes it.
 
 use std::fs::File;
 use std::future::Future;
@@ -126,19 +124,6 @@ impl Remote {
         format!("{}/{node}", self.refs_dir(d))
     }
 
-    /// Where an upload begun before its digest was known goes first (see [`super::ahead`]).
-    pub fn staging_key(&self, node: &str, name: &str) -> String {
-        format!("{}staging/{node}/{name}", self.prefix)
-    }
-
-    /// Copies `from` to `to` inside the store (S3 CopyObject: no bytes through this node).
-    pub fn copy(&self, from: &str, to: &str) -> Result<()> {
-        let store = self.store.clone();
-        let (f, t) = (Self::key(from), Self::key(to));
-        self.run("COPY", to, async move { store.copy(&f, &t).await })?
-            .ok_or_else(|| self.fail("COPY", from, "not found"))
-    }
-
     pub fn gc_key(&self, d: &Digest) -> String {
         format!("{}gc/{}/{}", self.prefix, d.algorithm().as_str(), d.hex())
     }
@@ -165,7 +150,7 @@ impl Remote {
     }
 
     /// Runs `fut` on the object store's runtime and waits for it, at most the deadline;
-    /// counted as one request `what` (HEAD, GET, PUT, COPY, DELETE, LIST).
+    /// counted as one request `what` (HEAD, GET, PUT, DELETE, LIST).
     pub fn run<T: Send + 'static>(
         &self,
         what: &'static str,

@@ -424,59 +424,31 @@ fn an_upload_begun_for_data_that_is_not_committed_never_appears() {
 }
 
 #[test]
-fn an_ingest_without_a_digest_is_staged_then_copied_to_its_key() {
+fn an_ingest_without_a_digest_uploads_at_its_commit_and_never_twice() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Arc::new(InMemory::new());
     let cs = content_store(tmp.path(), "a", &store);
-    let bytes = data(14 << 20, 6);
-    let d = Digest::sha256_of(&bytes);
-    // containerd's image importer names the size only.
-    let mut w = cs.writer("import", bytes.len() as u64, None).unwrap();
-    w.write_bytes(Bytes::copy_from_slice(&bytes)).unwrap();
-    for _ in 0..500 {
-        if w.uploaded_ahead() >= 10 << 20 {
-            break;
-        }
-        w.write_bytes(Bytes::new()).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(10));
+    // containerd's image importer names the size only: nothing goes up before the commit.
+    for (name, bytes) in [("big", data(14 << 20, 6)), ("small", data(1000, 7))] {
+        let d = Digest::sha256_of(&bytes);
+        let mut w = cs.writer(name, bytes.len() as u64, None).unwrap();
+        w.write_bytes(Bytes::copy_from_slice(&bytes)).unwrap();
+        assert_eq!(w.uploaded_ahead(), 0);
+        assert_eq!(w.commit(0, None, Default::default()).unwrap(), d);
+        let key = format!("fleet/blobs/sha256/{}", d.hex());
+        assert!(blob_keys(&store).contains(&key));
+
+        // Another node importing the same bytes finds the blob at its commit: the object
+        // stays the one node a uploaded.
+        let before = head_of(&store, &key);
+        let cs_c = content_store(tmp.path(), &format!("c-{name}"), &store);
+        let mut w = cs_c.writer(name, bytes.len() as u64, None).unwrap();
+        w.write_bytes(Bytes::copy_from_slice(&bytes)).unwrap();
+        assert_eq!(w.commit(0, None, Default::default()).unwrap(), d);
+        assert_eq!(head_of(&store, &key), before);
+        let b = node(tmp.path(), &format!("b-{name}"), &store, 0);
+        assert!(read_all(&*b.open(&d).unwrap()) == bytes);
     }
-    assert!(w.uploaded_ahead() >= 10 << 20, "{}", w.uploaded_ahead());
-    assert!(blob_keys(&store).is_empty());
-    assert_eq!(w.commit(0, None, Default::default()).unwrap(), d);
-    let key = format!("fleet/blobs/sha256/{}", d.hex());
-    assert_eq!(blob_keys(&store), std::slice::from_ref(&key));
-    assert!(
-        keys(&store, "fleet/staging").is_empty(),
-        "the staged copy is deleted"
-    );
-    let b = node(tmp.path(), "b", &store, 0);
-    assert!(read_all(&*b.open(&d).unwrap()) == bytes);
-    drop(b);
-
-    // Another node importing the same bytes finds the blob at its commit: the object stays
-    // the one node a uploaded, and nothing is left staged.
-    let before = head_of(&store, &key);
-    let cs_c = content_store(tmp.path(), "c", &store);
-    let mut w = cs_c.writer("import", bytes.len() as u64, None).unwrap();
-    w.write_bytes(Bytes::copy_from_slice(&bytes)).unwrap();
-    assert_eq!(w.commit(0, None, Default::default()).unwrap(), d);
-    assert_eq!(head_of(&store, &key), before);
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    assert!(keys(&store, "fleet/staging").is_empty());
-
-    // So does a small blob, committed by a plain upload.
-    let small = data(1000, 7);
-    let ds = cs.writer("small", 0, None).and_then(|mut w| {
-        w.write(&small)?;
-        w.commit(0, None, Default::default())
-    });
-    let ds = ds.unwrap();
-    let small_key = format!("fleet/blobs/sha256/{}", ds.hex());
-    let before = head_of(&store, &small_key);
-    let mut w = cs_c.writer("small", 0, None).unwrap();
-    w.write(&small).unwrap();
-    w.commit(0, None, Default::default()).unwrap();
-    assert_eq!(head_of(&store, &small_key), before);
 }
 
 fn head_of(store: &InMemory, key: &str) -> (Option<String>, std::time::SystemTime) {
@@ -487,27 +459,4 @@ fn head_of(store: &InMemory, key: &str) -> (Option<String>, std::time::SystemTim
         .block_on(store.head(&object_store::path::Path::from(key)))
         .unwrap();
     (m.e_tag, m.last_modified.into())
-}
-
-#[test]
-fn the_sweep_removes_staged_uploads_a_crash_left() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = Arc::new(InMemory::new());
-    let a = node(tmp.path(), "a", &store, 0);
-    let r = &a.inner.remote;
-    r.put_small(&r.staging_key("a", "1-0"), Bytes::from_static(b"half"))
-        .unwrap();
-    let held = |_: &Digest| false;
-    let hour = std::time::Duration::from_secs(3600);
-    let kept = a.inner.fleet().sweep(hour, hour, &held).unwrap();
-    assert_eq!(kept.staging, 0);
-    assert_eq!(keys(&store, "fleet/staging").len(), 1);
-    std::thread::sleep(std::time::Duration::from_millis(20));
-    let swept = a
-        .inner
-        .fleet()
-        .sweep(hour, std::time::Duration::from_millis(1), &held)
-        .unwrap();
-    assert_eq!(swept.staging, 1);
-    assert!(keys(&store, "fleet/staging").is_empty());
 }
