@@ -299,6 +299,7 @@ impl ContentWriter {
         labels: BTreeMap<String, String>,
     ) -> Result<Digest> {
         validate_labels(&labels).map_err(label_error)?;
+        let ahead_sent = self.uploaded_ahead();
         let ContentWriter {
             store,
             writer,
@@ -306,7 +307,6 @@ impl ContentWriter {
         } = self;
         let inner = &store.inner;
         let t = Instant::now();
-        let ahead_sent = ahead.as_ref().map_or(0, |a| a.sent());
         let done = writer.finish(size, expected)?;
         strata_common::crashpoint::hit("content.commit.synced");
         let finished = t.elapsed();

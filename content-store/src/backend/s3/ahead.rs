@@ -1,9 +1,9 @@
-//! A large blob's multipart upload run while its ingest is still being written. On a
-//! loopback Garage cluster the bucket takes a 1 GiB upload at about 94 MB/s where the ingest
-//! runs at 300 MB/s and more, so a commit that uploaded everything after the last byte spent
-//! most of a cold import waiting. Here each whole part goes up as soon as the ingest's file
-//! holds it, and the commit sends the tail and completes the upload. A commit-time upload
-//! ([`Remote::upload`]) is the same task told to complete at once.
+//! A large blob's multipart upload run while its ingest is still being written: each whole
+//! part goes up as soon as the ingest's file holds it, and the commit sends the tail and
+//! completes the upload, so a commit waits for the last part rather than the whole blob when
+//! the upload waits on the network. (On a Garage cluster sharing this node's two cores it
+//! gained nothing: the upload is bound by the same CPUs as the ingest; docs/performance.md.)
+//! A commit-time upload ([`Remote::upload`]) is the same task told to complete at once.
 //!
 //! Nothing is visible early: an object of S3 exists only once its multipart upload is
 //! completed, and only the commit completes it, after the data was verified and this node's
@@ -21,10 +21,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, WriteMultipart};
-use strata_common::{Error, Result};
+use strata_common::Result;
 use tokio::sync::watch;
 
-use super::remote::{Remote, UploadShape};
+use super::remote::{Remote, UploadShape, failure};
 use crate::backend::UploadAhead;
 use crate::metrics::OBJECT_STORE;
 
@@ -96,21 +96,12 @@ impl Ahead {
     /// Uploads the rest of the `size` bytes and completes the upload: the object exists
     /// once this returns Ok. Bounded by one call's deadline per part still to send.
     pub fn complete(mut self, size: u64) -> Result<()> {
-        let fail = |e: String| {
-            Error::new(
-                strata_common::error::ErrorKind::Internal,
-                format!(
-                    "object store {}: multipart upload {}: {e}",
-                    self.describe, self.key
-                ),
-            )
-        };
+        let fail = |e: String| failure(&self.describe, "multipart upload", &self.key, e);
         let Some(done) = self.done.take() else {
             return Err(fail("already completed".into()));
         };
-        if self.goal.send(Goal::Complete(size)).is_err() {
-            // The task ended already, with an error it reports below.
-        }
+        // Refused only when the task ended already, with an error it reports below.
+        let _ = self.goal.send(Goal::Complete(size));
         let left = size.saturating_sub(self.sent()).div_ceil(self.part_bytes) + 1;
         let wait = self.deadline * u32::try_from(left.min(10_000)).unwrap_or(1);
         let r = match done.recv_timeout(wait) {

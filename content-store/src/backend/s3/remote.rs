@@ -58,6 +58,14 @@ impl Drop for Remote {
     }
 }
 
+/// A failed call to the store `describe` (endpoint and bucket), in the words every call uses.
+pub fn failure(describe: &str, what: &str, key: &str, e: impl std::fmt::Display) -> Error {
+    Error::new(
+        ErrorKind::Internal,
+        format!("object store {describe}: {what} {key}: {e}"),
+    )
+}
+
 fn trim_prefix(prefix: &str) -> String {
     let p = prefix.trim_matches('/');
     if p.is_empty() {
@@ -143,10 +151,7 @@ impl Remote {
     }
 
     fn fail(&self, what: &str, key: &str, e: impl std::fmt::Display) -> Error {
-        Error::new(
-            ErrorKind::Internal,
-            format!("object store {}: {what} {key}: {e}", self.describe),
-        )
+        failure(&self.describe, what, key, e)
     }
 
     /// Runs `fut` on the object store's runtime and waits for it, at most the deadline;
@@ -291,20 +296,12 @@ impl Remote {
                 }
                 Ok(Err(e)) => {
                     OBJECT_STORE.error("GET");
-                    Err(Error::new(
-                        ErrorKind::Internal,
-                        format!("object store {describe}: GET {key}: {e}"),
-                    ))
+                    Err(failure(&describe, "GET", &key, e))
                 }
                 Err(_) => {
                     OBJECT_STORE.error("GET");
-                    Err(Error::new(
-                        ErrorKind::Internal,
-                        format!(
-                            "object store {describe}: GET {key}: no answer within {}s",
-                            deadline.as_secs()
-                        ),
-                    ))
+                    let e = format!("no answer within {}s", deadline.as_secs());
+                    Err(failure(&describe, "GET", &key, e))
                 }
             };
             let _ = tx.send(r);

@@ -322,6 +322,19 @@ fn blob_keys(store: &InMemory) -> Vec<String> {
     keys(store, "fleet/blobs")
 }
 
+/// Waits until `w`'s upload has sent `n` bytes ahead of the commit; an empty write tells the
+/// upload what the writing thread has put in the file since the last one.
+fn wait_uploaded_ahead(w: &mut crate::store::ContentWriter, n: u64) {
+    for _ in 0..500 {
+        if w.uploaded_ahead() >= n {
+            return;
+        }
+        w.write_bytes(Bytes::new()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("uploaded ahead {} of {n}", w.uploaded_ahead());
+}
+
 #[test]
 fn a_large_ingest_uploads_while_it_is_written_and_appears_at_commit() {
     let tmp = tempfile::tempdir().unwrap();
@@ -334,16 +347,8 @@ fn a_large_ingest_uploads_while_it_is_written_and_appears_at_commit() {
     for chunk in head.chunks(1 << 20) {
         w.write_bytes(Bytes::copy_from_slice(chunk)).unwrap();
     }
-    // Two whole 5 MiB parts are in the file (the writing thread may hold back the last
-    // queued megabytes until the next write tells).
-    for _ in 0..500 {
-        if w.uploaded_ahead() >= 5 << 20 {
-            break;
-        }
-        w.write_bytes(Bytes::new()).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    assert!(w.uploaded_ahead() >= 5 << 20, "{}", w.uploaded_ahead());
+    // Two whole 5 MiB parts are in the file.
+    wait_uploaded_ahead(&mut w, 5 << 20);
     assert!(
         blob_keys(&store).is_empty(),
         "nothing visible before the commit"
@@ -367,16 +372,7 @@ fn an_upload_begun_for_data_that_is_not_committed_never_appears() {
     let bytes = data(12 << 20, 4);
     let expected = Digest::sha256_of(&data(12 << 20, 5));
     let actual = Digest::sha256_of(&bytes);
-    let wait_sent = |w: &mut crate::store::ContentWriter| {
-        for _ in 0..500 {
-            if w.uploaded_ahead() >= 10 << 20 {
-                return;
-            }
-            w.write_bytes(Bytes::new()).unwrap();
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        panic!("uploaded ahead {}", w.uploaded_ahead());
-    };
+    let wait_sent = |w: &mut crate::store::ContentWriter| wait_uploaded_ahead(w, 10 << 20);
 
     // The digest does not match: FailedPrecondition, the upload is dropped with the writer.
     let mut w = cs
