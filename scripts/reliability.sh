@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The full run of docs/reliability.md's proofs, one after another, for a quiet machine (about
-# 1 h 20 min on 2 cores): hostile layers, bad requests, 200 kill cycles per server, 20 rounds of
+# 2 h on 2 cores): hostile layers, bad requests, 200 kill cycles per server, 20 rounds of
 # load by 64 clients per server, and every fuzz target for FUZZ_SECONDS (default 600). CI runs
 # each of them in a short form through scripts/test.sh; this is the long form whose figures
 # docs/reliability.md reports. Run as root after scripts/install-deps.sh (the tests mount
