@@ -7,10 +7,11 @@ use std::ffi::OsStr;
 use strata_testkit::Compression;
 use strata_testkit::fixtures::{self, Params};
 use strata_testkit::image::Image;
+use strata_tests::bench::CpuSampler;
 
 use super::unpack::unpack;
 use super::{Ctx, Result, RssFigures, phases, timed_ctr};
-use crate::report::{Row, Section, Unit};
+use crate::report::{Reference, Row, Section, Unit};
 use crate::side::{Side, check_strata_applied};
 
 /// A fixture of `strata_testkit::fixtures` in one compression.
@@ -78,6 +79,7 @@ fn import_target(f: Fixture, contended: bool) -> f64 {
 
 pub fn run(ctx: &Ctx, rss: &mut RssFigures) -> Result<Section> {
     let mut rows = Vec::new();
+    let mut references = Vec::new();
     for fixture in fixtures(ctx) {
         let image = fixture.image(ctx)?;
         let archive = ctx
@@ -107,6 +109,26 @@ pub fn run(ctx: &Ctx, rss: &mut RssFigures) -> Result<Section> {
             Unit::Seconds,
             None,
         );
+        let mut cpu_total = Row::new(
+            format!(
+                "{}: CPU time of the import (ctr + containerd + strata's servers)",
+                fixture.label()
+            ),
+            Unit::Seconds,
+            None,
+        );
+        let mut cpu_containerd = Row::new(
+            format!("{}: of which containerd's", fixture.label()),
+            Unit::Seconds,
+            None,
+        );
+        let mut cpu_servers = Reference::new(
+            format!(
+                "{}: CPU time of strata's servers in the import",
+                fixture.label()
+            ),
+            Unit::Seconds,
+        );
         let mut applied = Row::new(
             format!("Apply alone {}", fixture.label()),
             Unit::Seconds,
@@ -121,6 +143,10 @@ pub fn run(ctx: &Ctx, rss: &mut RssFigures) -> Result<Section> {
             for side in Side::order(run) {
                 let stack = side.start(ctx.version).map_err(|e| e.to_string())?;
                 let before = stack.differ_applied();
+                let servers: Vec<u32> = Side::servers(&stack).iter().map(|&(_, p)| p).collect();
+                let containerd_pid = stack.containerd.pid();
+                let ctr_before = children_cpu_secs();
+                let sampler = CpuSampler::start(&[&[containerd_pid][..], &servers[..]].concat());
                 let import_secs = timed_ctr(
                     &stack,
                     &[
@@ -132,6 +158,34 @@ pub fn run(ctx: &Ctx, rss: &mut RssFigures) -> Result<Section> {
                     ],
                 )?;
                 import.push(side, import_secs);
+                let by_thread = sampler.stop();
+                let of = |pids: &[u32]| -> f64 {
+                    by_thread
+                        .iter()
+                        .filter(|((pid, _), _)| pids.contains(pid))
+                        .map(|(_, secs)| secs)
+                        .sum()
+                };
+                let (containerd_cpu, servers_cpu) = (of(&[containerd_pid]), of(&servers));
+                cpu_total.push(
+                    side,
+                    children_cpu_secs() - ctr_before + containerd_cpu + servers_cpu,
+                );
+                cpu_containerd.push(side, containerd_cpu);
+                if side == Side::Strata {
+                    cpu_servers.samples.push(servers_cpu);
+                }
+                let mut threads: Vec<_> = by_thread.iter().filter(|(_, s)| **s >= 0.1).collect();
+                threads.sort_by(|a, b| b.1.total_cmp(a.1));
+                let threads: Vec<String> = threads
+                    .iter()
+                    .map(|((pid, name), secs)| format!("{pid}/{name} {secs:.1}"))
+                    .collect();
+                eprintln!(
+                    "  {} run {run} {side:?}: import CPU by thread (s): {}",
+                    fixture.label(),
+                    threads.join(", ")
+                );
                 if let Some(u) = phases::unpack_secs(&stack.containerd.log()) {
                     unpack_phase.push(side, u);
                     ingest_phase.push(side, import_secs - u);
@@ -159,6 +213,9 @@ pub fn run(ctx: &Ctx, rss: &mut RssFigures) -> Result<Section> {
             rows.push(ingest_phase);
             rows.push(unpack_phase);
         }
+        rows.push(cpu_total);
+        rows.push(cpu_containerd);
+        references.push(cpu_servers);
         rows.push(unpacked);
         rows.push(applied);
     }
@@ -171,9 +228,24 @@ pub fn run(ctx: &Ctx, rss: &mut RssFigures) -> Result<Section> {
                 then \"unpack alone\": the same image unpacked again into new snapshots by a \
                 client on containerd's socket (Prepare, Apply through containerd's diff \
                 service, Commit), with no ingest, and its Apply calls alone. strata's side checks that strata-differ, not \
-                the `walking` fallback, applied every layer."
+                the `walking` fallback, applied every layer. CPU rows: the CPU time (user + \
+                system) ctr, containerd and strata's servers used during the import, sampled \
+                from /proc: on two cores, a big layer's import is bound by it, most of it \
+                containerd's and ctr's gRPC work, which both stacks pay (strata's side pays \
+                a second gRPC hop for every byte inside containerd, to strata-content)."
             .into(),
         rows,
-        references: Vec::new(),
+        references,
     })
+}
+
+/// CPU seconds (user + system) of this process's children that have ended and been waited
+/// for: ctr, the only child that ends while an import is timed.
+fn children_cpu_secs() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_CHILDREN is a valid `who`.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
