@@ -230,9 +230,9 @@ pub fn run(ctx: &Ctx, rss: &mut RssFigures) -> Result<Section> {
                 service, Commit), with no ingest, and its Apply calls alone. strata's side checks that strata-differ, not \
                 the `walking` fallback, applied every layer. CPU rows: the CPU time (user + \
                 system) ctr, containerd and strata's servers used during the import, sampled \
-                from /proc: on two cores, a big layer's import is bound by it, most of it \
-                containerd's and ctr's gRPC work, which both stacks pay (strata's side pays \
-                a second gRPC hop for every byte inside containerd, to strata-content)."
+                from /proc, to tell work from waiting: two cores give an import twice its wall \
+                time; strata's side pays a second gRPC hop inside containerd for every byte \
+                (to strata-content) and unpacks in its own servers."
             .into(),
         rows,
         references,
